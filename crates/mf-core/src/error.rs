@@ -1,0 +1,106 @@
+//! The one error type shared by every library crate.
+use std::path::PathBuf;
+
+/// Every failure a library call can report; messages name the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum MfError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configuration file or value is malformed.
+    #[error("invalid config {origin}: {msg}")]
+    Config {
+        /// Where the config came from (a path or a preset name).
+        origin: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A checkpoint is missing, malformed or does not fit the model.
+    #[error("checkpoint {origin}: {msg}")]
+    Checkpoint {
+        /// The checkpoint file or directory.
+        origin: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A name (model, task, tokenizer, device...) is not known.
+    #[error("unknown {kind} '{name}'; known {kind}s: {known}")]
+    UnknownName {
+        /// What kind of name it is.
+        kind: &'static str,
+        /// The name that was asked for.
+        name: String,
+        /// The valid names, comma separated.
+        known: String,
+    },
+    /// An argument is out of range or inconsistent with others.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Files a model or tokenizer needs could not be found or fetched.
+    #[error("{0}")]
+    NotFound(String),
+    /// Asked-for hardware is not available.
+    #[error("device: {0}")]
+    Device(String),
+    /// Tokenizer construction or encoding failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Tensor shapes do not fit together.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// An error reported by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result alias used across mindformers-rs.
+pub type Result<T> = std::result::Result<T, MfError>;
+
+impl MfError {
+    /// Wraps an IO error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        MfError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A config error from `origin` (path or preset name).
+    pub fn config(origin: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+        MfError::Config {
+            origin: origin.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A checkpoint error from `origin` (file or directory).
+    pub fn checkpoint(origin: impl std::fmt::Display, msg: impl Into<String>) -> Self {
+        MfError::Checkpoint {
+            origin: origin.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An unknown-name error listing the valid names.
+    pub fn unknown<S: AsRef<str>>(kind: &'static str, name: &str, known: &[S]) -> Self {
+        MfError::UnknownName {
+            kind,
+            name: name.to_string(),
+            known: known
+                .iter()
+                .map(|s| s.as_ref())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Shorthand for [`MfError::InvalidArgument`].
+pub fn invalid(msg: impl Into<String>) -> MfError {
+    MfError::InvalidArgument(msg.into())
+}

@@ -1,0 +1,10 @@
+//! mindformers-rs core: device and dtype, errors, config IO, safetensors checkpoints and the
+//! model file cache.
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+
+pub use device::{DType, Device};
+pub use error::{invalid, MfError, Result};
+pub mod hub;

@@ -1,0 +1,578 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-LayerNorm blocks, gelu_new MLP, fused qkv
+//! projection, LM head tied to the token embedding. Parameter names and layouts are Hugging
+//! Face's, so HF checkpoints load and ours load in transformers.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mf_core::checkpoint::{load_parameters, save_safetensors, LoadSpec, SafeTensors, WEIGHTS_NAME};
+use mf_core::{invalid, DType, Device, MfError, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use crate::generation::GenerationConfig;
+use crate::layers::{
+    attention_mask, sdpa, ColumnParallelLinear, KvCache, LayerNorm, RowParallelLinear,
+    TensorParallel, WeightLayout,
+};
+use crate::model::{CausalLM, ForwardInput};
+
+/// GPT-2 hyperparameters. Accepts MindFormers' names (`hidden_size`, `num_layers`,
+/// `num_heads`, `seq_length`) and Hugging Face `config.json` keys (`n_embd`, `n_layer`,
+/// `n_head`, `n_positions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GPT2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Maximum sequence length (number of learned positions).
+    #[serde(alias = "n_positions", alias = "max_position_embeddings")]
+    pub seq_length: usize,
+    /// Model width.
+    #[serde(alias = "n_embd")]
+    pub hidden_size: usize,
+    /// Number of transformer blocks.
+    #[serde(alias = "n_layer")]
+    pub num_layers: usize,
+    /// Attention heads per block.
+    #[serde(alias = "n_head")]
+    pub num_heads: usize,
+    /// MLP width; `None` means `expand_ratio * hidden_size`.
+    #[serde(alias = "n_inner")]
+    pub ffn_hidden_size: Option<usize>,
+    /// MLP width multiple when `ffn_hidden_size` is unset.
+    pub expand_ratio: usize,
+    /// LayerNorm epsilon.
+    #[serde(alias = "layer_norm_epsilon")]
+    pub layernorm_epsilon: f64,
+    /// MLP activation (`gelu_new`/`gelu` as tanh-approximated GeLU, `gelu_pytorch_tanh`,
+    /// `gelu_exact`, `relu`).
+    #[serde(alias = "activation_function")]
+    pub hidden_act: String,
+    /// Dropout on embeddings (training only).
+    #[serde(alias = "embd_pdrop")]
+    pub embedding_dropout_prob: f64,
+    /// Dropout on residual branches (training only).
+    #[serde(alias = "resid_pdrop")]
+    pub hidden_dropout_rate: f64,
+    /// Dropout on attention probabilities (training only).
+    #[serde(alias = "attn_pdrop")]
+    pub attention_dropout_rate: f64,
+    /// Std of the normal init.
+    pub initializer_range: f64,
+    /// Beginning-of-sequence id.
+    pub bos_token_id: u32,
+    /// End-of-sequence id.
+    pub eos_token_id: u32,
+    /// Padding id (GPT-2 has none; eos is used).
+    pub pad_token_id: Option<u32>,
+    /// Use the KV cache when generating.
+    pub use_past: bool,
+    /// Preset or directory whose weights `from_pretrained` loads (MindFormers' field).
+    pub checkpoint_name_or_path: String,
+    /// Hugging Face hub repository of the preset's weights.
+    pub hub_repo: Option<String>,
+    /// Must be true (GPT-2 scales scores by 1/sqrt(head_dim)).
+    pub scale_attn_weights: bool,
+    /// Unsupported variant flag; must be false.
+    pub scale_attn_by_inverse_layer_idx: bool,
+    /// Unsupported variant flag; must be false.
+    pub reorder_and_upcast_attn: bool,
+    /// Other `config.json` keys, kept so a saved config round-trips.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for GPT2Config {
+    fn default() -> Self {
+        GPT2Config {
+            vocab_size: 50257,
+            seq_length: 1024,
+            hidden_size: 768,
+            num_layers: 12,
+            num_heads: 12,
+            ffn_hidden_size: None,
+            expand_ratio: 4,
+            layernorm_epsilon: 1e-5,
+            hidden_act: "gelu_new".into(),
+            embedding_dropout_prob: 0.1,
+            hidden_dropout_rate: 0.1,
+            attention_dropout_rate: 0.1,
+            initializer_range: 0.02,
+            bos_token_id: 50256,
+            eos_token_id: 50256,
+            pad_token_id: None,
+            use_past: true,
+            checkpoint_name_or_path: String::new(),
+            hub_repo: None,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            reorder_and_upcast_attn: false,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys of HF's config that are MindFormers-side only or recomputed on save.
+const NOT_SAVED: &[&str] = &[
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+];
+
+impl GPT2Config {
+    /// `GPT2Config.from_pretrained(name_or_dir)`: a preset name or a directory's `config.json`.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Self> {
+        crate::auto::AutoConfig::from_pretrained(name_or_dir)?.into_gpt2()
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let cfg: GPT2Config = mf_core::config::read_json(path)?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// MLP width.
+    pub fn ffn_size(&self) -> usize {
+        self.ffn_hidden_size
+            .unwrap_or(self.expand_ratio * self.hidden_size)
+    }
+
+    /// Checks the values make a buildable model.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |m: String| Err(MfError::config(origin, m));
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_layers == 0
+            || self.num_heads == 0
+            || self.seq_length == 0
+        {
+            return err(
+                "vocab_size, hidden_size, num_layers, num_heads and seq_length must be positive"
+                    .into(),
+            );
+        }
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
+            return err(format!(
+                "hidden_size {} is not divisible by num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        if let Some(mt) = self.extra.get("model_type").and_then(|v| v.as_str()) {
+            if mt != "gpt2" {
+                return err(format!("model_type is '{mt}', not 'gpt2'"));
+            }
+        }
+        if !self.scale_attn_weights
+            || self.scale_attn_by_inverse_layer_idx
+            || self.reorder_and_upcast_attn
+        {
+            return err("scale_attn_weights=false, scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported".into());
+        }
+        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        for (name, p) in [
+            ("embedding_dropout_prob", self.embedding_dropout_prob),
+            ("hidden_dropout_rate", self.hidden_dropout_rate),
+            ("attention_dropout_rate", self.attention_dropout_rate),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return err(format!("{name} = {p} is not in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Hugging Face `config.json` content (HF key names).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::Map::new();
+        for (k, val) in &self.extra {
+            if !NOT_SAVED.contains(&k.as_str()) {
+                v.insert(k.clone(), val.clone());
+            }
+        }
+        let j = serde_json::json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_positions": self.seq_length,
+            "n_ctx": self.seq_length,
+            "n_embd": self.hidden_size,
+            "n_layer": self.num_layers,
+            "n_head": self.num_heads,
+            "n_inner": self.ffn_hidden_size,
+            "activation_function": self.hidden_act,
+            "layer_norm_epsilon": self.layernorm_epsilon,
+            "embd_pdrop": self.embedding_dropout_prob,
+            "resid_pdrop": self.hidden_dropout_rate,
+            "attn_pdrop": self.attention_dropout_rate,
+            "initializer_range": self.initializer_range,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "scale_attn_weights": true,
+            "use_cache": self.use_past,
+            "tie_word_embeddings": true,
+        });
+        if let serde_json::Value::Object(m) = j {
+            v.extend(m);
+        }
+        serde_json::Value::Object(v)
+    }
+}
+
+fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
+    Ok(match name {
+        "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "fast_gelu" => |x| x.gelu("tanh"),
+        "gelu_exact" => |x| x.gelu("none"),
+        "relu" => |x| x.relu(),
+        other => {
+            return Err(invalid(format!(
+                "activation '{other}' is not supported; use gelu_new, gelu_exact or relu"
+            )))
+        }
+    })
+}
+
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: ColumnParallelLinear,
+    attn_proj: RowParallelLinear,
+    ln_2: LayerNorm,
+    c_fc: ColumnParallelLinear,
+    mlp_proj: RowParallelLinear,
+}
+
+/// The GPT-2 language model with its LM head.
+pub struct GPT2LMHeadModel {
+    config: GPT2Config,
+    vs: nn::VarStore,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    act: fn(&Tensor) -> Tensor,
+    heads: i64,
+}
+
+impl std::fmt::Debug for GPT2LMHeadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GPT2LMHeadModel")
+            .field("config", &self.config)
+            .field("parameters", &self.num_parameters())
+            .finish()
+    }
+}
+
+impl GPT2LMHeadModel {
+    /// A randomly initialised model (HF's scheme: normal(0, initializer_range), residual
+    /// projections scaled by 1/sqrt(2·num_layers)) on the CPU in f32.
+    pub fn new(config: &GPT2Config) -> Result<Self> {
+        Self::with_parallel(config, TensorParallel::single())
+    }
+
+    /// A randomly initialised model at a tensor-parallel position.
+    pub fn with_parallel(config: &GPT2Config, tp: TensorParallel) -> Result<Self> {
+        config.validate("GPT2Config")?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let t = &root / "transformer";
+        let (h, std) = (config.hidden_size, config.initializer_range);
+        let proj_std = std / (2.0 * config.num_layers as f64).sqrt();
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        let wte = (&t / "wte").var("weight", &[config.vocab_size as i64, h as i64], normal);
+        let wpe = (&t / "wpe").var("weight", &[config.seq_length as i64, h as i64], normal);
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        for i in 0..config.num_layers {
+            let b = &t / "h" / i;
+            let (attn, mlp) = (&b / "attn", &b / "mlp");
+            let lay = WeightLayout::InOut;
+            blocks.push(Block {
+                ln_1: LayerNorm::new(&(&b / "ln_1"), h, config.layernorm_epsilon),
+                c_attn: ColumnParallelLinear::new(
+                    &(&attn / "c_attn"),
+                    h,
+                    3 * h,
+                    true,
+                    lay,
+                    tp,
+                    std,
+                )?,
+                attn_proj: RowParallelLinear::new(
+                    &(&attn / "c_proj"),
+                    h,
+                    h,
+                    true,
+                    lay,
+                    tp,
+                    proj_std,
+                )?,
+                ln_2: LayerNorm::new(&(&b / "ln_2"), h, config.layernorm_epsilon),
+                c_fc: ColumnParallelLinear::new(
+                    &(&mlp / "c_fc"),
+                    h,
+                    config.ffn_size(),
+                    true,
+                    lay,
+                    tp,
+                    std,
+                )?,
+                mlp_proj: RowParallelLinear::new(
+                    &(&mlp / "c_proj"),
+                    config.ffn_size(),
+                    h,
+                    true,
+                    lay,
+                    tp,
+                    proj_std,
+                )?,
+            });
+        }
+        let ln_f = LayerNorm::new(&(&t / "ln_f"), h, config.layernorm_epsilon);
+        Ok(GPT2LMHeadModel {
+            act: activation(&config.hidden_act)?,
+            heads: (config.num_heads / tp.world_size) as i64,
+            config: config.clone(),
+            vs,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+        })
+    }
+
+    /// `GPT2LMHeadModel.from_pretrained(name_or_dir)`: a preset name (weights from `$MF_HOME`,
+    /// the HF cache, or the hub) or a Hugging Face GPT-2 directory.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Self> {
+        let dir = crate::auto::resolve_model_dir(name_or_dir)?;
+        Self::from_dir(&dir)
+    }
+
+    /// Loads `config.json` + safetensors weights from a directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(MfError::NotFound(format!(
+                "{}: no config.json in this directory",
+                dir.display()
+            )));
+        }
+        let config = GPT2Config::from_json_file(&cfg_path)?;
+        let model = Self::new(&config)?;
+        model.load_weights(&SafeTensors::open(dir)?)?;
+        Ok(model)
+    }
+
+    /// Copies a checkpoint's tensors (HF names, with or without the `transformer.` prefix)
+    /// into the model.
+    pub fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
+        let params = self.vs.variables();
+        let rename = |name: &str| -> Option<String> {
+            if name.starts_with("transformer.") {
+                Some(name.to_string())
+            } else {
+                Some(format!("transformer.{name}"))
+            }
+        };
+        // Causal-mask buffers of old checkpoints and the tied head are not parameters.
+        let ignore = |name: &str| {
+            name.ends_with(".attn.bias") && !name.contains("c_attn")
+                || name.ends_with(".attn.masked_bias")
+                || name == "lm_head.weight"
+        };
+        load_parameters(
+            ckpt,
+            &params,
+            &LoadSpec {
+                rename: &rename,
+                ignore: &ignore,
+            },
+        )
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &GPT2Config {
+        &self.config
+    }
+
+    /// The variable store holding every parameter (for optimizers).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn block_forward(
+        &self,
+        i: usize,
+        blk: &Block,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.size3()?;
+        let hd = self.config.hidden_size as i64 / self.config.num_heads as i64;
+        let h = blk.ln_1.forward(x);
+        let qkv = blk
+            .c_attn
+            .forward(&h)
+            .view([b, t, 3, self.heads, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let (k, v) = match cache {
+            Some(c) => c.append(i, &k, &v)?,
+            None => (k, v),
+        };
+        let attn = if train && self.config.attention_dropout_rate > 0.0 {
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                mask,
+                self.config.attention_dropout_rate,
+                false,
+                None,
+                false,
+            )
+        } else {
+            sdpa(&q, &k, &v, mask)
+        };
+        let attn = attn.transpose(1, 2).reshape([b, t, self.heads * hd]);
+        let attn = blk
+            .attn_proj
+            .forward(&attn)
+            .dropout(self.config.hidden_dropout_rate, train);
+        let x = x + attn;
+        let m = (self.act)(&blk.c_fc.forward(&blk.ln_2.forward(&x)));
+        let m = blk
+            .mlp_proj
+            .forward(&m)
+            .dropout(self.config.hidden_dropout_rate, train);
+        Ok(x + m)
+    }
+}
+
+impl CausalLM for GPT2LMHeadModel {
+    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let ids = input
+            .input_ids
+            .ok_or_else(|| invalid("GPT-2 forward needs input_ids"))?;
+        let dev = self.wte.device();
+        let ids = ids.to_device(dev);
+        let (b, t) = ids.size2().map_err(|_| {
+            invalid(format!(
+                "input_ids must be [batch, len], got {:?}",
+                ids.size()
+            ))
+        })?;
+        let past = cache.as_ref().map_or(0, |c| c.len()) as i64;
+        if past + t > self.config.seq_length as i64 {
+            return Err(invalid(format!(
+                "sequence of {} tokens exceeds the model's {} positions",
+                past + t,
+                self.config.seq_length
+            )));
+        }
+        if let Some(am) = input.attention_mask {
+            if am.size() != [b, past + t] {
+                return Err(MfError::Shape(format!(
+                    "attention_mask is {:?}, expected [{b}, {}]",
+                    am.size(),
+                    past + t
+                )));
+            }
+        }
+        let pos = match input.position_ids {
+            Some(p) => p.to_device(dev),
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, dev))
+                .unsqueeze(0)
+                .expand([b, t], false),
+        };
+        let max_id = self.config.vocab_size as i64;
+        if t > 0 && (ids.max().int64_value(&[]) >= max_id || ids.min().int64_value(&[]) < 0) {
+            return Err(invalid(format!(
+                "input_ids contain a token id outside [0, {max_id})"
+            )));
+        }
+        let mut x = (Tensor::embedding(&self.wte, &ids, -1, false, false)
+            + Tensor::embedding(&self.wpe, &pos, -1, false, false))
+        .dropout(self.config.embedding_dropout_prob, input.train);
+        let mask = attention_mask(input.attention_mask, past, t, dev);
+        for (i, blk) in self.blocks.iter().enumerate() {
+            x = self.block_forward(i, blk, &x, mask.as_ref(), cache.as_deref_mut(), input.train)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t as usize);
+        }
+        let x = self.ln_f.forward(&x);
+        Ok(x.matmul(&self.wte.tr()))
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.config.num_layers, capacity)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.seq_length)
+    }
+
+    fn device(&self) -> tch::Device {
+        self.wte.device()
+    }
+
+    fn generation_config(&self) -> GenerationConfig {
+        GenerationConfig {
+            bos_token_id: Some(self.config.bos_token_id),
+            eos_token_id: vec![self.config.eos_token_id],
+            pad_token_id: self.config.pad_token_id.or(Some(self.config.eos_token_id)),
+            use_past: self.config.use_past,
+            ..GenerationConfig::default()
+        }
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
+        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(dir.join(WEIGHTS_NAME), &tensors, Some(meta))?;
+        let mut cfg = self.config.to_hf_json();
+        cfg["torch_dtype"] = serde_json::Value::String(
+            match DType::from_kind(self.wte.kind()) {
+                Some(DType::BF16) => "bfloat16",
+                Some(DType::F16) => "float16",
+                _ => "float32",
+            }
+            .into(),
+        );
+        mf_core::config::write_json(dir.join("config.json"), &cfg)
+    }
+
+    fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
+        dtype.check_device(device)?;
+        self.vs.set_device(device.to_tch()?);
+        // set_device/set_kind replace the data of each variable in place, so the handles held
+        // by the layers see the change.
+        self.vs.set_kind(dtype.kind());
+        Ok(())
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel())
+            .sum()
+    }
+}

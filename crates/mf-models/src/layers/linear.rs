@@ -1,0 +1,148 @@
+//! Column- and row-parallel linear layers (Megatron-LM naming).
+//!
+//! Column-parallel splits the output features across tensor-parallel ranks, row-parallel the
+//! input features; the rank-local weights keep the checkpoint's parameter names and layout.
+//! With `TensorParallel::single()` both are plain linears. The communication that makes
+//! `world_size > 1` work (the `f`/`g` regions) is owned by mf-parallel; until a communicator is
+//! attached, asking for more than one rank is an error, not a silent single-rank run.
+use mf_core::{invalid, Result};
+use tch::nn::{Init, Path};
+use tch::Tensor;
+
+/// The tensor-parallel position of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorParallel {
+    /// This rank's index in the tensor-parallel group.
+    pub rank: usize,
+    /// Number of ranks in the group.
+    pub world_size: usize,
+}
+
+impl TensorParallel {
+    /// No tensor parallelism.
+    pub fn single() -> Self {
+        TensorParallel {
+            rank: 0,
+            world_size: 1,
+        }
+    }
+
+    /// Checks that `dim` splits evenly and that a communicator exists for `world_size > 1`.
+    pub fn shard(&self, dim: usize, what: &str) -> Result<usize> {
+        if self.world_size != 1 {
+            return Err(invalid(format!(
+                "tensor parallel world size {} for {what}: no communicator is attached \
+                 (model_parallel > 1 needs the parallel runtime)",
+                self.world_size
+            )));
+        }
+        if !dim.is_multiple_of(self.world_size) {
+            return Err(invalid(format!(
+                "{what}: dimension {dim} does not split over {} ranks",
+                self.world_size
+            )));
+        }
+        Ok(dim / self.world_size)
+    }
+}
+
+/// How the weight matrix is stored, following the checkpoint format of the model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[in, out]`, as GPT-2's `Conv1D` (y = x W + b).
+    InOut,
+    /// `[out, in]`, as `nn.Linear` (y = x Wᵀ + b).
+    OutIn,
+}
+
+fn make_weight(p: &Path, layout: WeightLayout, inp: i64, out: i64, std: f64) -> Tensor {
+    let dims = match layout {
+        WeightLayout::InOut => [inp, out],
+        WeightLayout::OutIn => [out, inp],
+    };
+    p.var(
+        "weight",
+        &dims,
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
+}
+
+fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) -> Tensor {
+    let y = match layout {
+        WeightLayout::InOut => x.matmul(w),
+        WeightLayout::OutIn => x.matmul(&w.tr()),
+    };
+    match b {
+        Some(b) => y + b,
+        None => y,
+    }
+}
+
+/// A linear whose output features are split across tensor-parallel ranks.
+#[derive(Debug)]
+pub struct ColumnParallelLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    layout: WeightLayout,
+}
+
+impl ColumnParallelLinear {
+    /// Creates `in_features -> out_features / world_size` with normal(0, std) init, zero bias.
+    pub fn new(
+        p: &Path,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        layout: WeightLayout,
+        tp: TensorParallel,
+        init_std: f64,
+    ) -> Result<Self> {
+        let out = tp.shard(out_features, "column-parallel output features")? as i64;
+        Ok(ColumnParallelLinear {
+            weight: make_weight(p, layout, in_features as i64, out, init_std),
+            bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
+            layout,
+        })
+    }
+
+    /// y = x W + b on this rank's output slice.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        apply(x, &self.weight, self.bias.as_ref(), self.layout)
+    }
+}
+
+/// A linear whose input features are split across tensor-parallel ranks.
+#[derive(Debug)]
+pub struct RowParallelLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    layout: WeightLayout,
+}
+
+impl RowParallelLinear {
+    /// Creates `in_features / world_size -> out_features` with normal(0, std) init, zero bias.
+    pub fn new(
+        p: &Path,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        layout: WeightLayout,
+        tp: TensorParallel,
+        init_std: f64,
+    ) -> Result<Self> {
+        let inp = tp.shard(in_features, "row-parallel input features")? as i64;
+        Ok(RowParallelLinear {
+            weight: make_weight(p, layout, inp, out_features as i64, init_std),
+            bias: bias.then(|| p.var("bias", &[out_features as i64], Init::Const(0.0))),
+            layout,
+        })
+    }
+
+    /// y = x W + b; with one rank the partial sum is already the full result.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        apply(x, &self.weight, self.bias.as_ref(), self.layout)
+    }
+}

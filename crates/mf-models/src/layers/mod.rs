@@ -1,0 +1,11 @@
+//! Building blocks shared by the model files. Linear layers are tensor-parallel aware: a
+//! column- or row-parallel linear with a world size of 1 is a plain linear.
+pub mod attention;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
+
+pub use attention::{attention_mask, sdpa};
+pub use kv_cache::{KvCache, LayerCache};
+pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
+pub use norm::LayerNorm;

@@ -1,0 +1,44 @@
+//! The interface every causal language model implements, used by generation, pipelines and
+//! the trainer.
+use std::path::Path;
+
+use mf_core::{DType, Device, Result};
+use tch::Tensor;
+
+use crate::layers::KvCache;
+
+/// Inputs of one forward pass.
+#[derive(Debug, Default)]
+pub struct ForwardInput<'a> {
+    /// Token ids `[batch, len]` (int64).
+    pub input_ids: Option<&'a Tensor>,
+    /// 1 for real tokens, 0 for padding, over all positions so far `[batch, past + len]`.
+    pub attention_mask: Option<&'a Tensor>,
+    /// Position of each token `[batch, len]`; defaults to `past..past + len`.
+    pub position_ids: Option<&'a Tensor>,
+    /// Apply dropout (training).
+    pub train: bool,
+}
+
+/// A decoder-only language model producing next-token logits.
+pub trait CausalLM {
+    /// Logits `[batch, len, vocab]`; with a cache, keys/values of the new positions are
+    /// appended and earlier positions are read from it.
+    fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor>;
+    /// An empty cache sized for `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Vocabulary size (logit width).
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence the position embeddings cover, if bounded.
+    fn max_positions(&self) -> Option<usize>;
+    /// Where the weights live.
+    fn device(&self) -> tch::Device;
+    /// Default generation settings from the model config.
+    fn generation_config(&self) -> crate::generation::GenerationConfig;
+    /// Writes `config.json` and `model.safetensors` in the Hugging Face layout.
+    fn save_pretrained(&self, dir: &Path) -> Result<()>;
+    /// Moves weights to a device and dtype.
+    fn to(&mut self, device: Device, dtype: DType) -> Result<()>;
+    /// Number of parameters.
+    fn num_parameters(&self) -> usize;
+}

@@ -1,0 +1,65 @@
+//! `AutoTokenizer` / `AutoProcessor`: a preset name or a directory to the right tokenizer.
+use std::path::Path;
+
+use mf_core::{MfError, Result};
+
+use crate::gpt2::GPT2Tokenizer;
+use crate::processor::GPT2Processor;
+use crate::tokenizer::Tokenizer;
+
+/// Preset names whose tokenizer is GPT-2's byte-level BPE.
+pub const GPT2_NAMES: &[&str] = &["gpt2", "gpt2_xl", "gpt2_13b", "gpt2_52b"];
+
+/// Errors unless `name` is a GPT-2 preset.
+pub(crate) fn check_known_gpt2(name: &str) -> Result<()> {
+    if GPT2_NAMES.contains(&name) {
+        Ok(())
+    } else {
+        Err(MfError::unknown("GPT-2 tokenizer", name, GPT2_NAMES))
+    }
+}
+
+/// A tokenizer directory in the model cache (`$MF_HOME/<name>`), if one is there.
+fn cached_dir(name: &str) -> Option<std::path::PathBuf> {
+    let dir = mf_core::hub::ModelHub::from_env().mf_home.join(name);
+    (dir.join("tokenizer.json").is_file() || dir.join("vocab.json").is_file()).then_some(dir)
+}
+
+/// Picks the tokenizer class from a preset name or a directory's files.
+pub struct AutoTokenizer;
+
+impl AutoTokenizer {
+    /// `AutoTokenizer::from_pretrained("gpt2")` or a directory with HF tokenizer files.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Tokenizer> {
+        let path = Path::new(name_or_dir);
+        if path.is_dir() {
+            return Tokenizer::from_dir(path);
+        }
+        if GPT2_NAMES.contains(&name_or_dir) {
+            return GPT2Tokenizer::bundled();
+        }
+        if let Some(dir) = cached_dir(name_or_dir) {
+            return Tokenizer::from_dir(dir);
+        }
+        if name_or_dir.contains('/') || name_or_dir.starts_with('.') {
+            return Err(MfError::NotFound(format!(
+                "tokenizer directory '{name_or_dir}' does not exist"
+            )));
+        }
+        Err(MfError::unknown("tokenizer", name_or_dir, GPT2_NAMES))
+    }
+}
+
+/// Picks the processor class from a preset name or a directory.
+pub struct AutoProcessor;
+
+impl AutoProcessor {
+    /// `AutoProcessor::from_pretrained("gpt2")`: the text processor with the preset's tokenizer.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<GPT2Processor> {
+        GPT2Processor::new(
+            AutoTokenizer::from_pretrained(name_or_dir)?,
+            GPT2Processor::DEFAULT_MAX_LENGTH,
+            "ms",
+        )
+    }
+}

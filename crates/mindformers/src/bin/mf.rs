@@ -1,0 +1,422 @@
+//! The `mf` command: tokenize, generate, run pipelines and create models from presets.
+//! Every failure prints one line (`error: ...`) and exits non-zero.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mindformers::{
+    format_outputs, pipeline, AutoConfig, AutoModel, AutoTokenizer, DType, Device,
+    GenerationOverrides, ModelConfig, Streamer, TextStreamer,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "mf",
+    version,
+    about = "mindformers-rs: tokenize, generate and run pipelines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct GenArgs {
+    /// Total length (prompt + new tokens).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Number of new tokens (overrides --max-length).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    do_sample: bool,
+    /// Top-k filtering when sampling.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus (top-p) filtering when sampling, in (0, 1].
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Sampling temperature (> 0).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Repetition penalty (> 0; 1 = none).
+    #[arg(long)]
+    repetition_penalty: Option<f64>,
+    /// Beam width.
+    #[arg(long)]
+    num_beams: Option<usize>,
+    /// Sampling seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Disable the KV cache.
+    #[arg(long)]
+    no_past: bool,
+}
+
+impl GenArgs {
+    fn overrides(&self) -> GenerationOverrides {
+        GenerationOverrides {
+            max_length: self.max_length,
+            max_new_tokens: self.max_new_tokens,
+            do_sample: Some(self.do_sample),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            temperature: self.temperature,
+            repetition_penalty: self.repetition_penalty,
+            num_beams: self.num_beams,
+            seed: self.seed,
+            use_past: self.no_past.then_some(false),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Tokenize texts: one JSON object per text.
+    Tokenize {
+        /// Tokenizer preset name or directory.
+        #[arg(long, default_value = "gpt2")]
+        tokenizer: String,
+        /// Texts to tokenize.
+        texts: Vec<String>,
+    },
+    /// Generate text from prompts.
+    Generate {
+        /// Model preset name or Hugging Face directory.
+        #[arg(long)]
+        model: String,
+        /// Tokenizer (defaults to the model's).
+        #[arg(long)]
+        tokenizer: Option<String>,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Print one JSON object with texts and ids.
+        #[arg(long)]
+        json: bool,
+        /// Prompts.
+        prompts: Vec<String>,
+    },
+    /// Run a task pipeline.
+    Pipeline {
+        /// Task name (text_generation).
+        #[arg(long)]
+        task: String,
+        /// Model preset name or directory.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Print JSON instead of MindFormers' Python-style text.
+        #[arg(long)]
+        json: bool,
+        /// Inputs.
+        inputs: Vec<String>,
+    },
+    /// Create a randomly initialised model (HF layout, with tokenizer) from a preset.
+    InitModel {
+        /// Preset name (gpt2, gpt2_xl, ...).
+        #[arg(long)]
+        preset: String,
+        /// Override a preset key, e.g. --set num_layers=2.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// RNG seed for the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output directory.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// List model presets.
+    Presets,
+    /// Measure greedy decode speed on a randomly initialised preset model (one JSON line).
+    BenchGenerate {
+        /// Preset name.
+        #[arg(long, default_value = "gpt2")]
+        preset: String,
+        /// Override a preset key.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Prompts per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 32)]
+        prompt_len: usize,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// Timed repeats (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Intra-op threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
+        /// f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+}
+
+/// Peak resident memory of this process in MiB (VmHWM).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
+    sets.iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--set '{s}' is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Cmd::Tokenize { tokenizer, texts } => {
+            if texts.is_empty() {
+                bail!("no text given: mf tokenize --tokenizer gpt2 \"hello!\"");
+            }
+            let tok = AutoTokenizer::from_pretrained(&tokenizer)?;
+            for t in &texts {
+                let enc = tok.encode(t)?;
+                writeln!(out, "{}", serde_json::to_string(&enc.row(0))?)?;
+            }
+        }
+        Cmd::Generate {
+            model,
+            tokenizer,
+            gen,
+            device,
+            dtype,
+            json,
+            prompts,
+        } => {
+            if prompts.is_empty() {
+                bail!("no prompt given: mf generate --model gpt2 \"I love Beijing, because\"");
+            }
+            let device: Device = device.parse()?;
+            let dtype: DType = dtype.parse()?;
+            let overrides = gen.overrides();
+            let m = AutoModel::from_pretrained(&model)?;
+            let tok = AutoTokenizer::from_pretrained(tokenizer.as_deref().unwrap_or(&model))?;
+            let p = pipeline("text_generation")
+                .model(m)
+                .tokenizer(tok.clone())
+                .device(device)
+                .dtype(dtype)
+                .build()?;
+            // Stream the single-prompt case to the terminal as tokens arrive.
+            let stream = !json && prompts.len() == 1 && gen.num_beams.unwrap_or(1) == 1;
+            let outputs = if stream {
+                write!(out, "{}", prompts[0])?;
+                out.flush()?;
+                let mut printer = TextStreamer::new(&tok, |piece: &str| {
+                    print!("{piece}");
+                    let _ = std::io::stdout().flush();
+                });
+                let res = p.call_batch(
+                    &prompts,
+                    &overrides,
+                    Some(&mut printer as &mut dyn Streamer),
+                )?;
+                drop(printer);
+                println!();
+                res
+            } else {
+                p.call_batch(&prompts, &overrides, None)?
+            };
+            if json {
+                let v = serde_json::json!({
+                    "text_generation_text": outputs.iter().map(|o| o.text_generation_text[0].clone()).collect::<Vec<_>>(),
+                    "output_ids": outputs.iter().map(|o| o.output_ids.clone()).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{v}")?;
+            } else if !stream {
+                for o in &outputs {
+                    writeln!(out, "{}", o.text_generation_text[0])?;
+                }
+            }
+        }
+        Cmd::Pipeline {
+            task,
+            model,
+            gen,
+            json,
+            inputs,
+        } => {
+            if inputs.is_empty() {
+                bail!("no input given: mf pipeline --task text_generation --model gpt2 \"I love Beijing, because\"");
+            }
+            let p = pipeline(&task).model(model.as_str()).build()?;
+            let outputs = p.call_batch(&inputs, &gen.overrides(), None)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&outputs)?)?;
+            } else {
+                writeln!(out, "{}", format_outputs(&outputs))?;
+            }
+        }
+        Cmd::InitModel {
+            preset,
+            sets,
+            seed,
+            output,
+        } => {
+            let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
+            tch::manual_seed(seed);
+            let model = AutoModel::from_config(&cfg)?;
+            model.save_pretrained(&output)?;
+            match cfg {
+                ModelConfig::Gpt2(_) => {
+                    AutoTokenizer::from_pretrained(&preset)?.save_pretrained(&output)?
+                }
+            }
+            writeln!(
+                out,
+                "wrote {} ({} parameters)",
+                output.display(),
+                model.num_parameters()
+            )?;
+        }
+        Cmd::BenchGenerate {
+            preset,
+            sets,
+            batch,
+            prompt_len,
+            new_tokens,
+            repeats,
+            threads,
+            dtype,
+        } => {
+            if let Some(t) = threads {
+                tch::set_num_threads(t);
+            }
+            let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
+            tch::manual_seed(0);
+            let mut model = AutoModel::from_config(&cfg)?;
+            model.to(Device::Cpu, dtype.parse()?)?;
+            let vocab = model.vocab_size() as i64;
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|_| {
+                    let t = tch::Tensor::randint(
+                        vocab,
+                        [prompt_len as i64],
+                        (tch::Kind::Int64, tch::Device::Cpu),
+                    );
+                    Vec::<i64>::try_from(t).map(|v| v.into_iter().map(|x| x as u32).collect())
+                })
+                .collect::<Result<_, _>>()?;
+            // No eos: every run does the same fixed amount of work.
+            let gen = mindformers::GenerationConfig {
+                max_new_tokens: Some(new_tokens),
+                eos_token_id: vec![],
+                ..model.generation_config()
+            };
+            let warm = mindformers::GenerationConfig {
+                max_new_tokens: Some(4),
+                ..gen.clone()
+            };
+            mindformers::generate(model.as_ref(), &prompts, &warm, None)?;
+            let mut best = f64::INFINITY;
+            for _ in 0..repeats.max(1) {
+                let t0 = std::time::Instant::now();
+                let out = mindformers::generate(model.as_ref(), &prompts, &gen, None)?;
+                best = best.min(t0.elapsed().as_secs_f64());
+                if out[0].len() != prompt_len + new_tokens {
+                    bail!(
+                        "generated {} tokens instead of {new_tokens}",
+                        out[0].len() - prompt_len
+                    );
+                }
+            }
+            let v = serde_json::json!({
+                "impl": "mindformers-rs",
+                "batch": batch,
+                "prompt_len": prompt_len,
+                "new_tokens": new_tokens,
+                "seconds": best,
+                "tokens_per_s": (batch * new_tokens) as f64 / best,
+                "peak_rss_mb": peak_rss_mb(),
+                "threads": tch::get_num_threads(),
+            });
+            writeln!(out, "{v}")?;
+        }
+        Cmd::Presets => {
+            for name in mindformers::models::auto::preset_names() {
+                let p = mindformers::models::auto::preset(name)?;
+                writeln!(out, "{name:<12} {:<6} {}", p.model_type, p.description)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    // A libtorch failure surfaces as a panic inside tch; report it as one line like any error.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("internal error");
+        eprintln!("error: internal: {}", msg.lines().next().unwrap_or(msg));
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
+            }
+            let text = e.to_string();
+            eprintln!(
+                "{} (see mf --help)",
+                text.lines().next().unwrap_or("error: bad arguments")
+            );
+            std::process::exit(2);
+        }
+    };
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let msg = format!("{e:#}");
+            eprintln!("error: {}", msg.replace('\n', " "));
+            std::process::exit(1);
+        }
+        Err(_) => std::process::exit(101),
+    }
+}

@@ -1,0 +1,20 @@
+//! mindformers-rs: MindFormers' high-level API for Rust.
+//!
+//! - AutoClass: [`AutoConfig`], [`AutoModel`], [`AutoTokenizer`], [`AutoProcessor`]
+//! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], generation with [`GenerationConfig`]
+//! - Pipelines: [`pipeline`]`("text_generation")`
+pub use mf_core::{self as core, DType, Device, MfError, Result};
+pub use mf_models::{
+    self as models, generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2Config,
+    GPT2LMHeadModel, GenerationConfig, GenerationOverrides, ModelConfig, Streamer, TextStreamer,
+};
+pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
+pub use mf_tokenizers::{
+    self as tokenizers, AutoProcessor, AutoTokenizer, BatchEncoding, EncodeOptions, GPT2Processor,
+    GPT2Tokenizer, Padding, PaddingSide, Tokenizer,
+};
+
+/// Prints pipeline results exactly as MindFormers does (`[{'text_generation_text': [...]}]`).
+pub fn format_outputs(outputs: &[TextGenerationOutput]) -> String {
+    mf_pipeline::text_generation::Outputs(outputs).to_string()
+}

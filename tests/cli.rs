@@ -1,0 +1,272 @@
+//! The `mf` command: outputs and one-line errors for bad input.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mf(args: &[&str], home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mf"))
+        .args(args)
+        .env("MF_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("MF_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn fails_with_one_line(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokenize_prints_one_json_object_per_text() {
+    let home = tempfile::tempdir().unwrap();
+    let out = mf(
+        &[
+            "tokenize",
+            "--tokenizer",
+            "gpt2",
+            "hello!",
+            "I love Beijing, because",
+        ],
+        home.path(),
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "{\"input_ids\":[31373,0],\"token_type_ids\":[0,0],\"attention_mask\":[1,1]}\n\
+         {\"input_ids\":[40,1842,11618,11,780],\"token_type_ids\":[0,0,0,0,0],\"attention_mask\":[1,1,1,1,1]}\n"
+    );
+}
+
+#[test]
+fn generate_json_and_pipeline_on_a_model_dir() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("small");
+    let out = mf(
+        &[
+            "init-model",
+            "--preset",
+            "gpt2",
+            "--set",
+            "num_layers=2",
+            "--set",
+            "hidden_size=16",
+            "--set",
+            "num_heads=2",
+            "--output",
+            dir.to_str().unwrap(),
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = dir.to_str().unwrap();
+    let out = mf(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--max-new-tokens",
+            "5",
+            "--json",
+            "hello!",
+            "I love Beijing, because",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = v["output_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(&ids[0].as_array().unwrap()[..2], [31373, 0]);
+    assert!(ids[1].as_array().unwrap().len() <= 5 + 5);
+    assert!(v["text_generation_text"][1]
+        .as_str()
+        .unwrap()
+        .starts_with("I love Beijing, because"));
+    // Same ids with the cache off, and with beams the output still starts with the prompt.
+    let out2 = mf(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--max-new-tokens",
+            "5",
+            "--json",
+            "--no-past",
+            "hello!",
+            "I love Beijing, because",
+        ],
+        home.path(),
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out2.stdout).unwrap()["output_ids"],
+        v["output_ids"]
+    );
+    let out = mf(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--max-new-tokens",
+            "3",
+            "--num-beams",
+            "2",
+            "--json",
+            "hello!",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = mf(
+        &[
+            "pipeline",
+            "--task",
+            "text_generation",
+            "--model",
+            d,
+            "--max-length",
+            "8",
+            "I love Beijing, because",
+        ],
+        home.path(),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("[{'text_generation_text': [") && text.contains("I love Beijing, because"),
+        "{text}"
+    );
+
+    // Streaming prints the prompt and continuation on one line.
+    let out = mf(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--max-new-tokens",
+            "4",
+            "--do-sample",
+            "--seed",
+            "3",
+            "hello!",
+        ],
+        home.path(),
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("hello!"));
+}
+
+#[test]
+fn bad_input_exits_with_one_line() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    fails_with_one_line(
+        &mf(&["generate", "--model", "./no/such/dir", "x"], h),
+        "does not exist",
+    );
+    fails_with_one_line(
+        &mf(&["generate", "--model", "gpt7", "x"], h),
+        "unknown model 'gpt7'",
+    );
+    fails_with_one_line(
+        &mf(&["generate", "--model", "gpt2", "x"], h),
+        "weights not found",
+    );
+    fails_with_one_line(&mf(&["generate", "--model", "gpt2"], h), "no prompt given");
+    fails_with_one_line(&mf(&["tokenize"], h), "no text given");
+    fails_with_one_line(
+        &mf(&["generate", "--model", "gpt2", "--bogus", "x"], h),
+        "--bogus",
+    );
+    fails_with_one_line(
+        &mf(
+            &["pipeline", "--task", "translation", "--model", "gpt2", "x"],
+            h,
+        ),
+        "unknown task 'translation'",
+    );
+
+    let dir = h.join("m");
+    common::write_small_gpt2(&dir, 5);
+    let d = dir.to_str().unwrap();
+    fails_with_one_line(
+        &mf(&["generate", "--model", d, "--top-p", "1.5", "x"], h),
+        "top_p",
+    );
+    fails_with_one_line(
+        &mf(&["generate", "--model", d, "--device", "cuda:7", "x"], h),
+        "cuda:7",
+    );
+    fails_with_one_line(
+        &mf(&["generate", "--model", d, "--dtype", "int4", "x"], h),
+        "dtype 'int4'",
+    );
+
+    let broken = h.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("config.json"),
+        "{\"model_type\": \"gpt2\", \"n_embd\": ",
+    )
+    .unwrap();
+    fails_with_one_line(
+        &mf(
+            &[
+                "generate",
+                "--model",
+                broken.to_str().unwrap(),
+                "--tokenizer",
+                "gpt2",
+                "x",
+            ],
+            h,
+        ),
+        "invalid config",
+    );
+    std::fs::copy(dir.join("config.json"), broken.join("config.json")).unwrap();
+    std::fs::write(
+        broken.join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+    )
+    .unwrap();
+    fails_with_one_line(
+        &mf(
+            &[
+                "generate",
+                "--model",
+                broken.to_str().unwrap(),
+                "--tokenizer",
+                "gpt2",
+                "x",
+            ],
+            h,
+        ),
+        "missing tensor(s)",
+    );
+}

@@ -1,0 +1,41 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+
+use mindformers::{CausalLM, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer};
+
+/// The committed fixture directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A small GPT-2 config with GPT-2's real vocabulary, so the real tokenizer fits it.
+pub fn small_full_vocab_config() -> GPT2Config {
+    GPT2Config {
+        hidden_size: 16,
+        num_layers: 2,
+        num_heads: 2,
+        seq_length: 64,
+        ..Default::default()
+    }
+}
+
+/// Writes a randomly initialised small GPT-2 (HF layout, with tokenizer files) to `dir`.
+pub fn write_small_gpt2(dir: &Path, seed: i64) -> GPT2LMHeadModel {
+    tch::manual_seed(seed);
+    let model = GPT2LMHeadModel::new(&small_full_vocab_config()).unwrap();
+    model.save_pretrained(dir).unwrap();
+    GPT2Tokenizer::from_pretrained("gpt2")
+        .unwrap()
+        .save_pretrained(dir)
+        .unwrap();
+    model
+}
+
+/// Max |a - b| over all elements.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}

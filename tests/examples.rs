@@ -1,0 +1,100 @@
+//! Runs every example (the seed document's snippets) against a model cache holding small
+//! randomly initialised GPT-2 models under the preset names, so the whole `from_pretrained`
+//! path runs offline.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn example_bin(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; cargo builds examples beside them.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+fn run(name: &str, mf_home: &Path) -> String {
+    let bin = example_bin(name);
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    let out = Command::new(&bin)
+        .env("MF_HOME", mf_home)
+        .env("MF_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{name} failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn every_seed_example_runs() {
+    let home = tempfile::tempdir().unwrap();
+    common::write_small_gpt2(&home.path().join("gpt2"), 1);
+    common::write_small_gpt2(&home.path().join("gpt2_13b"), 2);
+    let h = home.path();
+
+    let out = run("auto_config_model", h);
+    assert!(out.contains("gpt2 config: hidden_size=768 num_layers=12 num_heads=12 seq_length=1024 vocab_size=50257"), "{out}");
+    assert!(out.contains("parameters loaded"), "{out}");
+    let out = run("gpt2_config_model", h);
+    assert!(
+        out.contains(
+            "gpt2_13b config: hidden_size=5120 num_layers=40 num_heads=40 seq_length=2048"
+        ),
+        "{out}"
+    );
+    let out = run("gpt2_secondary_development", h);
+    assert!(out.contains("124439808 parameters"), "{out}");
+
+    let seed_tok =
+        "{'input_ids': [31373, 0], 'token_type_ids': [0, 0], 'attention_mask': [1, 1]}\n";
+    assert_eq!(run("auto_tokenizer", h), seed_tok);
+    assert_eq!(run("gpt2_tokenizer", h), seed_tok);
+    let proc128 = "{'text': Tensor(shape=[1, 128], dtype=Int32, value=\n[[31373,     0, 50256 ... 50256, 50256, 50256]])}\n";
+    assert_eq!(run("auto_processor", h), proc128);
+    assert_eq!(run("gpt2_processor", h), proc128);
+    assert_eq!(
+        run("gpt2_processor_custom", h),
+        proc128.replace("128", "256")
+    );
+
+    for ex in ["pipeline_text_generation", "pipeline_custom_model"] {
+        let out = run(ex, h);
+        assert!(
+            out.starts_with("[{'text_generation_text': [")
+                && out.contains("I love Beijing, because"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn missing_weights_error_says_where_to_put_them() {
+    let home = tempfile::tempdir().unwrap();
+    let bin = example_bin("auto_config_model");
+    let out = Command::new(&bin)
+        .env("MF_HOME", home.path())
+        .env("HF_HOME", home.path().join("hf"))
+        .env("MF_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("weights not found") && err.contains("config.json and model.safetensors"),
+        "{err}"
+    );
+}

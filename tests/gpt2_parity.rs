@@ -1,0 +1,198 @@
+//! GPT-2 logits against Hugging Face transformers on the same weights
+//! (tests/fixtures/gpt2_tiny, made by tools/reference/make_gpt2_fixtures.py).
+mod common;
+
+use common::max_abs_diff;
+use mindformers::core::checkpoint::SafeTensors;
+use mindformers::{CausalLM, ForwardInput, GPT2LMHeadModel};
+use tch::{Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+
+fn load() -> (GPT2LMHeadModel, SafeTensors) {
+    let dir = common::fixtures().join("gpt2_tiny");
+    let model = GPT2LMHeadModel::from_dir(&dir).unwrap();
+    let expected = SafeTensors::open(dir.join("expected.safetensors")).unwrap();
+    (model, expected)
+}
+
+#[test]
+fn single_sequence_logits_match() {
+    let (model, exp) = load();
+    let ids = exp.get("single_input_ids").unwrap();
+    let want = exp.get("single_logits").unwrap();
+    let _g = tch::no_grad_guard();
+    let got = model
+        .forward(
+            &ForwardInput {
+                input_ids: Some(&ids),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= TOL, "max abs diff {d}");
+}
+
+#[test]
+fn kv_cache_step_by_step_matches_full_pass() {
+    let (model, exp) = load();
+    let ids = exp.get("single_input_ids").unwrap();
+    let want = exp.get("single_logits").unwrap();
+    let t = ids.size()[1];
+    let _g = tch::no_grad_guard();
+    let mut cache = model.new_cache(2); // smaller than needed: the cache must grow
+    let prefix = 3;
+    let first = model
+        .forward(
+            &ForwardInput {
+                input_ids: Some(&ids.narrow(1, 0, prefix)),
+                ..Default::default()
+            },
+            Some(&mut cache),
+        )
+        .unwrap();
+    let mut pieces = vec![first];
+    for i in prefix..t {
+        pieces.push(
+            model
+                .forward(
+                    &ForwardInput {
+                        input_ids: Some(&ids.narrow(1, i, 1)),
+                        ..Default::default()
+                    },
+                    Some(&mut cache),
+                )
+                .unwrap(),
+        );
+    }
+    assert_eq!(cache.len() as i64, t);
+    let got = Tensor::cat(&pieces, 1);
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= TOL, "max abs diff {d}");
+}
+
+#[test]
+fn left_padded_batch_matches_on_real_tokens() {
+    let (model, exp) = load();
+    let ids = exp.get("batch_input_ids").unwrap();
+    let mask = exp.get("batch_attention_mask").unwrap();
+    let pos = exp.get("batch_position_ids").unwrap();
+    let want = exp.get("batch_logits").unwrap();
+    let _g = tch::no_grad_guard();
+    let got = model
+        .forward(
+            &ForwardInput {
+                input_ids: Some(&ids),
+                attention_mask: Some(&mask),
+                position_ids: Some(&pos),
+                train: false,
+            },
+            None,
+        )
+        .unwrap();
+    let real = mask.to_kind(Kind::Bool).unsqueeze(-1);
+    let d = max_abs_diff(
+        &got.masked_fill(&real.logical_not(), 0.0),
+        &want.masked_fill(&real.logical_not(), 0.0),
+    );
+    assert!(d <= TOL, "max abs diff {d}");
+    assert!(
+        !bool::try_from(got.isnan().any()).unwrap(),
+        "padding rows must not produce NaN"
+    );
+}
+
+#[test]
+fn bf16_inference_runs_close_to_f32() {
+    let (mut model, exp) = load();
+    let ids = exp.get("single_input_ids").unwrap();
+    let want = exp.get("single_logits").unwrap();
+    model
+        .to(mindformers::Device::Cpu, mindformers::DType::BF16)
+        .unwrap();
+    let _g = tch::no_grad_guard();
+    let got = model
+        .forward(
+            &ForwardInput {
+                input_ids: Some(&ids),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(got.kind(), Kind::BFloat16);
+    // bf16 keeps ~3 significant digits; the logits here are O(10).
+    let scale = want.abs().max().double_value(&[]);
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= 0.05 * scale, "bf16 diff {d} vs scale {scale}");
+}
+
+#[test]
+fn bad_checkpoints_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::fixtures().join("gpt2_tiny");
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let err = GPT2LMHeadModel::from_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no model.safetensors"), "{err}");
+
+    // A checkpoint missing one tensor and with another mis-shaped.
+    let st = SafeTensors::open(src.join("model.safetensors")).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = st
+        .names()
+        .filter(|n| !n.contains("ln_f.bias"))
+        .map(|n| (n.to_string(), st.get(n).unwrap()))
+        .collect();
+    mindformers::core::checkpoint::save_safetensors(
+        dir.path().join("model.safetensors"),
+        &tensors,
+        None,
+    )
+    .unwrap();
+    let err = GPT2LMHeadModel::from_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing tensor(s): transformer.ln_f.bias"),
+        "{err}"
+    );
+    let i = tensors
+        .iter()
+        .position(|(n, _)| n.ends_with("wpe.weight"))
+        .unwrap();
+    tensors[i].1 = Tensor::zeros([8, 32], (Kind::Float, tch::Device::Cpu));
+    mindformers::core::checkpoint::save_safetensors(
+        dir.path().join("model.safetensors"),
+        &tensors,
+        None,
+    )
+    .unwrap();
+    let err = GPT2LMHeadModel::from_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wpe.weight' has shape [8, 32]") && err.contains("[64, 32]"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"n_embd\": 30, \"n_head\": 4}",
+    )
+    .unwrap();
+    let err = GPT2LMHeadModel::from_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not divisible"), "{err}");
+    std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+    let err = GPT2LMHeadModel::from_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid config") && err.contains("config.json"),
+        "{err}"
+    );
+}

@@ -1,0 +1,63 @@
+"""Decode speed of Hugging Face transformers `generate` (PyTorch eager) on a GPT-2 shaped model
+with random weights: the baseline `cargo xtask bench generate` compares mindformers-rs with.
+
+Prints one JSON line: {"impl", "batch", "prompt_len", "new_tokens", "seconds", "tokens_per_s",
+"peak_rss_mb", "threads"}.
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
+    model = GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len))
+    mask = torch.ones_like(ids)
+    kwargs = dict(
+        attention_mask=mask,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,  # random weights may emit eos; keep the work fixed
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=cfg.eos_token_id,
+    )
+    with torch.inference_mode():
+        model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            best = min(best, time.perf_counter() - t0)
+    assert out.shape[1] == args.prompt_len + args.new_tokens
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({
+        "impl": "transformers",
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "seconds": best,
+        "tokens_per_s": args.batch * args.new_tokens / best,
+        "peak_rss_mb": rss_mb,
+        "threads": args.threads,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+//! Project tasks: `cargo xtask setup | demo | test | bench | reference`.
+//!
+//! Setup installs libtorch from the PyPI `torch` wheel into `.venv` and links it at
+//! `.libtorch`, which `.cargo/config.toml` points `LIBTORCH` at; every later cargo command then
+//! builds and runs with no environment set by hand.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const TORCH_VERSION: &str = "2.13.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn venv_python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+fn python_ok(code: &str) -> bool {
+    Command::new(venv_python())
+        .args(["-c", code])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn torch_dir() -> Result<PathBuf> {
+    let out = Command::new(venv_python())
+        .args([
+            "-c",
+            "import os, torch; print(os.path.dirname(torch.__file__))",
+        ])
+        .output()
+        .context("running the venv's python")?;
+    if !out.status.success() {
+        bail!(
+            "torch is not importable in .venv: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// Creates `.venv` with torch (and optionally the reference extra) and the `.libtorch` link.
+fn setup(reference: bool) -> Result<()> {
+    let root = root();
+    if !venv_python().exists() {
+        let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&py)
+            .args(["-m", "venv"])
+            .arg(root.join(".venv")))
+        .context("creating .venv (needs Python 3 with the venv module)")?;
+    }
+    let want = format!("import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '{TORCH_VERSION}' else 1)");
+    if !python_ok(&want) {
+        run(Command::new(venv_python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("torch=={TORCH_VERSION}")))?;
+    }
+    if reference && !python_ok("import transformers, safetensors, tiktoken") {
+        run(Command::new(venv_python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(root.join("tools/reference/requirements.txt")))?;
+    }
+    let torch = torch_dir()?;
+    let link = root.join(".libtorch");
+    let current = std::fs::read_link(&link).ok();
+    if current.as_deref() != Some(torch.as_path()) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&torch, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    if !link.join("lib/libtorch.so").exists() {
+        bail!(
+            "{} has no lib/libtorch.so; the torch wheel looks incomplete",
+            link.display()
+        );
+    }
+    eprintln!("libtorch {TORCH_VERSION} ready at {}", link.display());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// The runnable twins of the seed document's examples, in its order.
+const DEMO_EXAMPLES: &[&str] = &[
+    "auto_config_model",
+    "gpt2_config_model",
+    "gpt2_secondary_development",
+    "auto_tokenizer",
+    "gpt2_tokenizer",
+    "auto_processor",
+    "gpt2_processor",
+    "gpt2_processor_custom",
+    "pipeline_text_generation",
+    "pipeline_custom_model",
+];
+
+/// Whether real weights for `name` are already in the user's caches.
+fn has_real_weights(name: &str, repo: &str) -> bool {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let mf_home = std::env::var("MF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| home.join(".cache/mindformers"));
+    if mf_home.join(name).join("config.json").exists() {
+        return true;
+    }
+    let hf = std::env::var("HF_HOME")
+        .map(|h| PathBuf::from(h).join("hub"))
+        .unwrap_or_else(|_| home.join(".cache/huggingface/hub"));
+    let snaps = hf
+        .join(format!("models--{}", repo.replace('/', "--")))
+        .join("snapshots");
+    std::fs::read_dir(snaps)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().join("model.safetensors").exists())
+        })
+        .unwrap_or(false)
+}
+
+fn demo() -> Result<()> {
+    setup(false)?;
+    run(cargo().args(["build", "-p", "mindformers", "--bins", "--examples"]))?;
+    let mut env: Vec<(&str, PathBuf)> = Vec::new();
+    if !has_real_weights("gpt2", "openai-community/gpt2") {
+        // No real weights here: stand-ins with random weights under the preset names, so every
+        // from_pretrained path runs. gpt2 is full size (124M); the 13B stand-in is small.
+        let home = root().join("target/demo/mf_home");
+        let mf = root().join("target/debug/mf");
+        for (preset, sets) in [
+            ("gpt2", &[][..]),
+            (
+                "gpt2_13b",
+                &["num_layers=2", "hidden_size=64", "num_heads=4"][..],
+            ),
+        ] {
+            let out = home.join(preset);
+            if !out.join("model.safetensors").exists() {
+                let mut cmd = Command::new(&mf);
+                cmd.args(["init-model", "--preset", preset, "--output"])
+                    .arg(&out);
+                for s in sets {
+                    cmd.args(["--set", s]);
+                }
+                run(&mut cmd)?;
+            }
+        }
+        eprintln!(
+            "\nnote: no real GPT-2 weights in $MF_HOME or the Hugging Face cache; the demo uses randomly\n\
+             initialised stand-ins in {} (generated text is random). Put real weights in\n\
+             ~/.cache/mindformers/gpt2/ (config.json + model.safetensors) to see real text.",
+            home.display()
+        );
+        env.push(("MF_HOME", home));
+    }
+    for ex in DEMO_EXAMPLES {
+        eprintln!("\n=== example {ex} ===");
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "-p", "mindformers", "--example", ex]);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup(true)?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .args(args))?;
+    // The HF round trip: the Rust test suite saved a model with save_pretrained; transformers
+    // must load it and reproduce the logits the Rust model computed.
+    let saved = root().join("target/tmp/hf_roundtrip");
+    if !saved.join("model/config.json").exists() {
+        bail!(
+            "{} is missing: the hf_roundtrip test did not run",
+            saved.display()
+        );
+    }
+    run(Command::new(venv_python())
+        .arg(root().join("tools/reference/check_hf_load.py"))
+        .arg(saved.join("model"))
+        .arg("--expected")
+        .arg(saved.join("expected.safetensors")))?;
+    eprintln!("all tests passed, including the transformers round trip");
+    Ok(())
+}
+
+fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
+    eprintln!("+ {cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let line = text.lines().last().context("no output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// mindformers-rs against transformers `generate` on the same machine, same threads, same run.
+fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("generate") {
+        bail!("usage: cargo xtask bench generate [--threads N]");
+    }
+    let threads = args
+        .windows(2)
+        .find(|w| w[0] == "--threads")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .to_string()
+        });
+    setup(true)?;
+    run(cargo().args(["build", "--release", "-p", "mindformers", "--bin", "mf"]))?;
+    let mf = root().join("target/release/mf");
+    println!("| batch | mindformers-rs tok/s | transformers tok/s | ratio | mf peak RSS MiB | HF peak RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    for batch in ["1", "8"] {
+        let common = [
+            "--batch",
+            batch,
+            "--prompt-len",
+            "32",
+            "--new-tokens",
+            "128",
+            "--threads",
+            &threads,
+        ];
+        let ours = json_line(Command::new(&mf).arg("bench-generate").args(common))?;
+        let theirs = json_line(
+            Command::new(venv_python())
+                .arg(root().join("tools/bench/hf_generate.py"))
+                .args(common),
+        )?;
+        let (a, b) = (
+            ours["tokens_per_s"].as_f64().unwrap_or(0.0),
+            theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "| {batch} | {a:.1} | {b:.1} | {:.2}x | {:.0} | {:.0} |",
+            a / b,
+            ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            theirs["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(args.iter().any(|a| a == "--reference")),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("reference") => {
+            setup(true)?;
+            for script in ["make_gpt2_fixtures.py", "make_tokenizer_fixtures.py"] {
+                run(Command::new(venv_python())
+                    .arg(root().join("tools/reference").join(script))
+                    .current_dir(root()))?;
+            }
+            Ok(())
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate       decode speed against transformers (same machine, same run)\n  reference            regenerate the reference fixtures with transformers"
+            );
+            bail!("unknown or missing command")
+        }
+    }
+}
