@@ -229,4 +229,124 @@ mod tests {
             local
         );
     }
+
+    /// A loopback stand-in for the hub's `/{repo}/resolve/{rev}/{file}` endpoint, speaking the
+    /// protocol hf-hub uses (a `Range: bytes=0-0` probe for etag/commit/size, then the body).
+    fn serve(
+        files: Vec<(&'static str, Vec<u8>)>,
+        requests: usize,
+    ) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            for _ in 0..requests {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    return;
+                };
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut probe = false;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    probe |= h.to_ascii_lowercase().starts_with("range: bytes=0-0");
+                }
+                let found = files
+                    .iter()
+                    .find(|(name, _)| path.ends_with(&format!("/resolve/main/{name}")));
+                let resp = match found {
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                    Some((_, body)) => {
+                        let part: &[u8] = if probe { &body[..1] } else { body };
+                        let mut r = format!(
+                            "HTTP/1.1 206 Partial Content\r\netag: \"e{}\"\r\nx-repo-commit: 0123456789abcdef\r\n\
+                             Content-Range: bytes 0-{}/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len(),
+                            part.len() - 1,
+                            body.len(),
+                            part.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(part);
+                        r
+                    }
+                };
+                let _ = stream.write_all(&resp);
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn downloads_into_the_hf_cache_then_reads_it_offline() {
+        let root = tempfile::tempdir().unwrap();
+        let index =
+            br#"{"weight_map":{"a":"part-1.safetensors","b":"part-2.safetensors"}}"#.to_vec();
+        let files = vec![
+            ("config.json", b"{\"model_type\": \"gpt2\"}".to_vec()),
+            (WEIGHTS_INDEX_NAME, index),
+            ("part-1.safetensors", vec![1u8; 300]),
+            ("part-2.safetensors", vec![2u8; 70]),
+        ];
+        // config (probe + body), model.safetensors (404), index, two shards (probe + body each).
+        let (endpoint, server) = serve(files, 9);
+        let hub = ModelHub {
+            endpoint,
+            offline: false,
+            ..hub(root.path())
+        };
+        let dir = hub.model_dir("tiny", Some("org/tiny")).unwrap();
+        server.join().unwrap();
+        assert!(
+            dir.starts_with(root.path().join("hf/models--org--tiny/snapshots")),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            std::fs::read(dir.join("part-1.safetensors")).unwrap(),
+            vec![1u8; 300]
+        );
+        assert_eq!(
+            std::fs::read(dir.join("part-2.safetensors")).unwrap(),
+            vec![2u8; 70]
+        );
+        // Now served from the cache with the network forbidden.
+        let offline = ModelHub {
+            offline: true,
+            ..hub
+        };
+        assert_eq!(offline.model_dir("tiny", Some("org/tiny")).unwrap(), dir);
+    }
+
+    #[test]
+    fn failed_download_says_what_and_where() {
+        let root = tempfile::tempdir().unwrap();
+        let (endpoint, server) = serve(Vec::new(), 1);
+        let hub = ModelHub {
+            endpoint: endpoint.clone(),
+            offline: false,
+            ..hub(root.path())
+        };
+        let err = hub
+            .model_dir("tiny", Some("org/tiny"))
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(
+            err.contains(&format!("download from {endpoint}/org/tiny failed")),
+            "{err}"
+        );
+        assert!(err.contains("config.json"), "{err}");
+    }
 }
