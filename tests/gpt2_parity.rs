@@ -88,6 +88,7 @@ fn left_padded_batch_matches_on_real_tokens() {
                 attention_mask: Some(&mask),
                 position_ids: Some(&pos),
                 train: false,
+                last_only: false,
             },
             None,
         )

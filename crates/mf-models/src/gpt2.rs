@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 
 use crate::generation::GenerationConfig;
 use crate::layers::{
-    attention_mask, sdpa, ColumnParallelLinear, KvCache, LayerNorm, RowParallelLinear,
+    attention_mask, sdpa, AttnMask, ColumnParallelLinear, KvCache, LayerNorm, RowParallelLinear,
     TensorParallel, WeightLayout,
 };
 use crate::model::{CausalLM, ForwardInput};
@@ -412,7 +412,7 @@ impl GPT2LMHeadModel {
         i: usize,
         blk: &Block,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        mask: &AttnMask,
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
@@ -429,20 +429,12 @@ impl GPT2LMHeadModel {
             Some(c) => c.append(i, &k, &v)?,
             None => (k, v),
         };
-        let attn = if train && self.config.attention_dropout_rate > 0.0 {
-            Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                mask,
-                self.config.attention_dropout_rate,
-                false,
-                None,
-                false,
-            )
+        let dropout = if train {
+            self.config.attention_dropout_rate
         } else {
-            sdpa(&q, &k, &v, mask)
+            0.0
         };
+        let attn = sdpa(&q, &k, &v, mask, dropout);
         let attn = attn.transpose(1, 2).reshape([b, t, self.heads * hd]);
         let attn = blk
             .attn_proj
@@ -505,11 +497,16 @@ impl CausalLM for GPT2LMHeadModel {
         .dropout(self.config.embedding_dropout_prob, input.train);
         let mask = attention_mask(input.attention_mask, past, t, dev);
         for (i, blk) in self.blocks.iter().enumerate() {
-            x = self.block_forward(i, blk, &x, mask.as_ref(), cache.as_deref_mut(), input.train)?;
+            x = self.block_forward(i, blk, &x, &mask, cache.as_deref_mut(), input.train)?;
         }
         if let Some(c) = cache {
             c.advance(t as usize);
         }
+        let x = if input.last_only {
+            x.narrow(1, t - 1, 1)
+        } else {
+            x
+        };
         let x = self.ln_f.forward(&x);
         Ok(x.matmul(&self.wte.tr()))
     }

@@ -18,6 +18,8 @@ pub struct ForwardInput<'a> {
     pub position_ids: Option<&'a Tensor>,
     /// Apply dropout (training).
     pub train: bool,
+    /// Compute logits for the last position only (generation needs no others).
+    pub last_only: bool,
 }
 
 /// A decoder-only language model producing next-token logits.

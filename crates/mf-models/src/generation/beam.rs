@@ -65,9 +65,15 @@ pub(super) fn beam_search(
 
     for cur_len in prompt_len..max_length {
         let scores = if cache.is_some() {
-            step_logits(model, cache.as_mut(), &step_ids, &mask, &step_pos)?
+            step_logits(
+                model,
+                cache.as_mut(),
+                &step_ids,
+                Some(&mask),
+                Some(&step_pos),
+            )?
         } else {
-            step_logits(model, None, &ids, &mask, &positions)?
+            step_logits(model, None, &ids, Some(&mask), Some(&positions))?
         };
         let logp = scores.log_softmax(-1, Kind::Float);
         let history: Vec<Vec<u32>> = (0..bsz * k)

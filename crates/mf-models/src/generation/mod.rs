@@ -92,20 +92,22 @@ pub fn generate(
     Ok(out)
 }
 
-/// Logits of the last position for every row, as f32 `[batch, vocab]`.
+/// Logits of the last position for every row, as f32 `[batch, vocab]`. `mask`/`positions`
+/// may be `None` when no row is padded (the model then uses its faster causal path).
 pub(crate) fn step_logits(
     model: &dyn CausalLM,
     cache: Option<&mut crate::layers::KvCache>,
     ids: &Tensor,
-    mask: &Tensor,
-    positions: &Tensor,
+    mask: Option<&Tensor>,
+    positions: Option<&Tensor>,
 ) -> Result<Tensor> {
     let logits = model.forward(
         &ForwardInput {
             input_ids: Some(ids),
-            attention_mask: Some(mask),
-            position_ids: Some(positions),
+            attention_mask: mask,
+            position_ids: positions,
             train: false,
+            last_only: true,
         },
         cache,
     )?;
@@ -141,16 +143,25 @@ fn sample_or_greedy(
     let mut cache = cfg
         .use_past
         .then(|| model.new_cache(batch.len + new_tokens));
+    // Without padding, positions and masking are implied and the causal fast path applies.
+    let padded = prompts.iter().any(|p| p.len() != batch.len);
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut finished = vec![false; b];
     let (mut ids, mut mask, mut positions) = (batch.ids, batch.mask, batch.positions);
     let mut step_ids = ids.shallow_clone();
     let mut step_pos = positions.shallow_clone();
     for _ in 0..new_tokens {
-        let scores = if cache.is_some() {
-            step_logits(model, cache.as_mut(), &step_ids, &mask, &step_pos)?
-        } else {
-            step_logits(model, None, &ids, &mask, &positions)?
+        let scores = match (cache.is_some(), padded) {
+            (true, true) => step_logits(
+                model,
+                cache.as_mut(),
+                &step_ids,
+                Some(&mask),
+                Some(&step_pos),
+            )?,
+            (true, false) => step_logits(model, cache.as_mut(), &step_ids, None, None)?,
+            (false, true) => step_logits(model, None, &ids, Some(&mask), Some(&positions))?,
+            (false, false) => step_logits(model, None, &ids, None, None)?,
         };
         let scores = logits::repetition_penalty(&scores, &history, cfg.repetition_penalty);
         let next: Vec<u32> = if cfg.do_sample {

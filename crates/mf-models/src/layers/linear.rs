@@ -71,14 +71,20 @@ fn make_weight(p: &Path, layout: WeightLayout, inp: i64, out: i64, std: f64) -> 
 }
 
 fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) -> Tensor {
-    let y = match layout {
-        WeightLayout::InOut => x.matmul(w),
-        WeightLayout::OutIn => x.matmul(&w.tr()),
+    let w = match layout {
+        WeightLayout::InOut => w.shallow_clone(),
+        WeightLayout::OutIn => w.tr(),
     };
-    match b {
-        Some(b) => y + b,
-        None => y,
-    }
+    let mut shape = x.size();
+    let last = shape.len() - 1;
+    let x2 = x.reshape([-1, shape[last]]);
+    // addmm fuses the bias into the GEMM's output pass.
+    let y = match b {
+        Some(b) => b.addmm(&x2, &w),
+        None => x2.mm(&w),
+    };
+    shape[last] = w.size()[1];
+    y.reshape(shape.as_slice())
 }
 
 /// A linear whose output features are split across tensor-parallel ranks.

@@ -5,7 +5,7 @@ pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 
-pub use attention::{attention_mask, sdpa};
+pub use attention::{attention_mask, sdpa, AttnMask};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
 pub use norm::LayerNorm;
