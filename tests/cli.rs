@@ -164,6 +164,31 @@ fn generate_json_and_pipeline_on_a_model_dir() {
         "{text}"
     );
 
+    let out = mf(
+        &[
+            "pipeline",
+            "--task",
+            "text_generation",
+            "--model",
+            d,
+            "--max-length",
+            "8",
+            "--json",
+            "a",
+            "b c",
+        ],
+        home.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(
+        v[1]["text_generation_text"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("b c"),
+        "{v}"
+    );
+
     // Streaming prints the prompt and continuation on one line.
     let out = mf(
         &[

@@ -102,3 +102,60 @@ fn presets_resolve_and_cache_errors_explain() {
         AutoConfig::from_pretrained_with("gpt2", &[("num_layers".into(), "2".into())]).unwrap();
     assert_eq!(c.num_layers, 2);
 }
+
+#[test]
+fn random_init_follows_the_hf_scheme() {
+    let cfg = mindformers::GPT2Config {
+        hidden_size: 128,
+        num_layers: 4,
+        num_heads: 4,
+        vocab_size: 4000,
+        ..Default::default()
+    };
+    tch::manual_seed(0);
+    let model = GPT2LMHeadModel::new(&cfg).unwrap();
+    let vars = model.var_store().variables();
+    let std = |n: &str| vars[n].std(true).double_value(&[]);
+    assert!((std("transformer.wte.weight") - 0.02).abs() < 0.002);
+    assert!((std("transformer.h.0.attn.c_attn.weight") - 0.02).abs() < 0.002);
+    // Residual projections are scaled by 1/sqrt(2 * num_layers).
+    let proj = 0.02 / (8f64).sqrt();
+    assert!((std("transformer.h.1.mlp.c_proj.weight") - proj).abs() < 0.1 * proj);
+    assert_eq!(
+        vars["transformer.h.0.attn.c_attn.bias"]
+            .abs()
+            .sum(tch::Kind::Double)
+            .double_value(&[]),
+        0.0
+    );
+    assert!(vars["transformer.ln_f.weight"]
+        .equal(&Tensor::ones([128], (tch::Kind::Float, tch::Device::Cpu))));
+    assert_eq!(
+        model.num_parameters(),
+        4000 * 128 + 1024 * 128 + 4 * (12 * 128 * 128 + 13 * 128) + 2 * 128
+    );
+}
+
+#[test]
+fn pipeline_save_pretrained_writes_model_and_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    common::write_small_gpt2(&src, 9);
+    let p = mindformers::pipeline("text_generation")
+        .model(src.to_str().unwrap())
+        .max_length(12)
+        .build()
+        .unwrap();
+    let out = dir.path().join("out");
+    p.save_pretrained(&out).unwrap();
+    let back = mindformers::pipeline("text_generation")
+        .model(out.to_str().unwrap())
+        .max_length(12)
+        .build()
+        .unwrap();
+    let o = mindformers::GenerationOverrides::default();
+    assert_eq!(
+        p.call("hello!", &o).unwrap(),
+        back.call("hello!", &o).unwrap()
+    );
+}

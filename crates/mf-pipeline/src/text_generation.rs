@@ -82,6 +82,13 @@ impl TextGenerationPipeline {
         self.model.as_ref()
     }
 
+    /// Writes the model (`config.json`, `model.safetensors`) and the tokenizer files to `dir`,
+    /// a directory Hugging Face `from_pretrained` and this crate both load.
+    pub fn save_pretrained(&self, dir: &std::path::Path) -> Result<()> {
+        self.model.save_pretrained(dir)?;
+        self.tokenizer.save_pretrained(dir)
+    }
+
     /// Generates for one prompt.
     pub fn call(
         &self,
