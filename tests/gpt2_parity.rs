@@ -22,15 +22,7 @@ fn single_sequence_logits_match() {
     let ids = exp.get("single_input_ids").unwrap();
     let want = exp.get("single_logits").unwrap();
     let _g = tch::no_grad_guard();
-    let got = model
-        .forward(
-            &ForwardInput {
-                input_ids: Some(&ids),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let got = model.forward(&ForwardInput::ids(&ids), None).unwrap();
     let d = max_abs_diff(&got, &want);
     assert!(d <= TOL, "max abs diff {d}");
 }
@@ -46,10 +38,7 @@ fn kv_cache_step_by_step_matches_full_pass() {
     let prefix = 3;
     let first = model
         .forward(
-            &ForwardInput {
-                input_ids: Some(&ids.narrow(1, 0, prefix)),
-                ..Default::default()
-            },
+            &ForwardInput::ids(&ids.narrow(1, 0, prefix)),
             Some(&mut cache),
         )
         .unwrap();
@@ -57,13 +46,7 @@ fn kv_cache_step_by_step_matches_full_pass() {
     for i in prefix..t {
         pieces.push(
             model
-                .forward(
-                    &ForwardInput {
-                        input_ids: Some(&ids.narrow(1, i, 1)),
-                        ..Default::default()
-                    },
-                    Some(&mut cache),
-                )
+                .forward(&ForwardInput::ids(&ids.narrow(1, i, 1)), Some(&mut cache))
                 .unwrap(),
         );
     }
@@ -114,15 +97,7 @@ fn bf16_inference_runs_close_to_f32() {
         .to(mindformers::Device::Cpu, mindformers::DType::BF16)
         .unwrap();
     let _g = tch::no_grad_guard();
-    let got = model
-        .forward(
-            &ForwardInput {
-                input_ids: Some(&ids),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let got = model.forward(&ForwardInput::ids(&ids), None).unwrap();
     assert_eq!(got.kind(), Kind::BFloat16);
     // bf16 keeps ~3 significant digits; the logits here are O(10).
     let scale = want.abs().max().double_value(&[]);

@@ -33,15 +33,7 @@ fn save_pretrained_round_trips_and_leaves_hf_files() {
 
     let ids = Tensor::from_slice(&[31373i64, 0, 40, 1842, 11618, 11, 780]).unsqueeze(0);
     let _g = tch::no_grad_guard();
-    let logits = model
-        .forward(
-            &ForwardInput {
-                input_ids: Some(&ids),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let logits = model.forward(&ForwardInput::ids(&ids), None).unwrap();
     save_safetensors(
         out.join("expected.safetensors"),
         &[
@@ -53,15 +45,7 @@ fn save_pretrained_round_trips_and_leaves_hf_files() {
     .unwrap();
 
     let back = GPT2LMHeadModel::from_dir(&dir).unwrap();
-    let again = back
-        .forward(
-            &ForwardInput {
-                input_ids: Some(&ids),
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let again = back.forward(&ForwardInput::ids(&ids), None).unwrap();
     assert_eq!(max_abs_diff(&logits, &again), 0.0);
 
     // The Auto classes read the same directory.

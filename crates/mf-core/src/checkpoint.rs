@@ -486,6 +486,16 @@ mod tests {
         assert!(p2["a.weight"].equal(&p["a.weight"]));
     }
 
+    fn load_error(f: &Path) -> String {
+        let spec = LoadSpec {
+            rename: &same,
+            ignore: &|_| false,
+        };
+        load_parameters(&SafeTensors::open(f).unwrap(), &params(), &spec)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn mismatches_are_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -500,32 +510,14 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = load_parameters(
-            &SafeTensors::open(&f).unwrap(),
-            &params(),
-            &LoadSpec {
-                rename: &same,
-                ignore: &|_| false,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let err = load_error(&f);
         assert!(
             err.contains("'a.weight' has shape [3, 2]") && err.contains("[2, 3]"),
             "{err}"
         );
 
         save_safetensors(&f, &[("a.weight".into(), zeros(&[2, 3]))], None).unwrap();
-        let err = load_parameters(
-            &SafeTensors::open(&f).unwrap(),
-            &params(),
-            &LoadSpec {
-                rename: &same,
-                ignore: &|_| false,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let err = load_error(&f);
         assert!(err.contains("missing tensor(s): b.bias"), "{err}");
 
         save_safetensors(
@@ -538,16 +530,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = load_parameters(
-            &SafeTensors::open(&f).unwrap(),
-            &params(),
-            &LoadSpec {
-                rename: &same,
-                ignore: &|_| false,
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let err = load_error(&f);
         assert!(
             err.contains("unexpected tensor(s) not in the model: c"),
             "{err}"

@@ -22,6 +22,16 @@ pub struct ForwardInput<'a> {
     pub last_only: bool,
 }
 
+impl<'a> ForwardInput<'a> {
+    /// Only token ids: no padding, positions continue from the cache, inference mode.
+    pub fn ids(input_ids: &'a Tensor) -> Self {
+        ForwardInput {
+            input_ids: Some(input_ids),
+            ..Default::default()
+        }
+    }
+}
+
 /// A decoder-only language model producing next-token logits.
 pub trait CausalLM {
     /// Logits `[batch, len, vocab]`; with a cache, keys/values of the new positions are
