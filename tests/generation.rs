@@ -317,6 +317,15 @@ impl CausalLM for Counting<'_> {
     fn num_parameters(&self) -> usize {
         self.inner.num_parameters()
     }
+    fn parameters(&self) -> Vec<(String, tch::Tensor)> {
+        self.inner.parameters()
+    }
+    fn load_weights(
+        &self,
+        ckpt: &mindformers::core::checkpoint::SafeTensors,
+    ) -> mindformers::Result<()> {
+        self.inner.load_weights(ckpt)
+    }
 }
 
 #[test]

@@ -370,33 +370,6 @@ impl GPT2LMHeadModel {
         Ok(model)
     }
 
-    /// Copies a checkpoint's tensors (HF names, with or without the `transformer.` prefix)
-    /// into the model.
-    pub fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
-        let rename = |name: &str| -> Option<String> {
-            if name.starts_with("transformer.") {
-                Some(name.to_string())
-            } else {
-                Some(format!("transformer.{name}"))
-            }
-        };
-        // Causal-mask buffers of old checkpoints and the tied head are not parameters.
-        let ignore = |name: &str| {
-            name.ends_with(".attn.bias") && !name.contains("c_attn")
-                || name.ends_with(".attn.masked_bias")
-                || name == "lm_head.weight"
-        };
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
-    }
-
     /// The config the model was built from.
     pub fn config(&self) -> &GPT2Config {
         &self.config
@@ -539,8 +512,7 @@ impl CausalLM for GPT2LMHeadModel {
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
-        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = self.parameters();
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         save_safetensors(dir.join(WEIGHTS_NAME), &tensors, Some(meta))?;
@@ -563,6 +535,38 @@ impl CausalLM for GPT2LMHeadModel {
         // by the layers see the change.
         self.vs.set_kind(dtype.kind());
         Ok(())
+    }
+
+    /// Accepts HF names with or without the `transformer.` prefix.
+    fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
+        let params = self.vs.variables();
+        let rename = |name: &str| -> Option<String> {
+            if name.starts_with("transformer.") {
+                Some(name.to_string())
+            } else {
+                Some(format!("transformer.{name}"))
+            }
+        };
+        // Causal-mask buffers of old checkpoints and the tied head are not parameters.
+        let ignore = |name: &str| {
+            name.ends_with(".attn.bias") && !name.contains("c_attn")
+                || name.ends_with(".attn.masked_bias")
+                || name == "lm_head.weight"
+        };
+        load_parameters(
+            ckpt,
+            &params,
+            &LoadSpec {
+                rename: &rename,
+                ignore: &ignore,
+            },
+        )
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     fn num_parameters(&self) -> usize {

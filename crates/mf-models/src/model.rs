@@ -53,4 +53,8 @@ pub trait CausalLM {
     fn to(&mut self, device: Device, dtype: DType) -> Result<()>;
     /// Number of parameters.
     fn num_parameters(&self) -> usize;
+    /// Trainable parameters under their checkpoint (HF) names, in a stable order.
+    fn parameters(&self) -> Vec<(String, Tensor)>;
+    /// Copies a checkpoint's tensors into the model, failing on any mismatch.
+    fn load_weights(&self, ckpt: &mf_core::checkpoint::SafeTensors) -> Result<()>;
 }

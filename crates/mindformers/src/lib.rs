@@ -3,6 +3,7 @@
 //! - AutoClass: [`AutoConfig`], [`AutoModel`], [`AutoTokenizer`], [`AutoProcessor`]
 //! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], generation with [`GenerationConfig`]
 //! - Pipelines: [`pipeline`]`("text_generation")`
+//! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 pub use mf_core::{self as core, DType, Device, MfError, Result};
 pub use mf_models::{
     self as models, generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2Config,
@@ -18,3 +19,7 @@ pub use mf_tokenizers::{
 pub fn format_outputs(outputs: &[TextGenerationOutput]) -> String {
     mf_pipeline::text_generation::Outputs(outputs).to_string()
 }
+pub use mf_data::{self as data, Batch, BatchedDataset, Column, Dataset, GeneratorDataset};
+pub use mf_trainer::{
+    self as trainer, Callback, EvalMetrics, LogRecord, TrainOutput, Trainer, TrainingArguments,
+};

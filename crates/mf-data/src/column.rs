@@ -1,0 +1,113 @@
+//! Column values of one record.
+use mf_core::{invalid, Result};
+
+/// One column of one record: a 1-D array of integers or floats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// Integer data (token ids, labels, masks).
+    Int(Vec<i64>),
+    /// Float data.
+    Float(Vec<f32>),
+}
+
+impl Column {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Column::Int(v) => v.len(),
+            Column::Float(v) => v.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The integer data, or an error naming the column when it holds floats.
+    pub fn as_int(&self, name: &str) -> Result<&[i64]> {
+        match self {
+            Column::Int(v) => Ok(v),
+            Column::Float(_) => Err(invalid(format!(
+                "column '{name}' holds floats, an integer column is needed"
+            ))),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Column::Int(_) => "int",
+            Column::Float(_) => "float",
+        }
+    }
+}
+
+impl From<Vec<i64>> for Column {
+    fn from(v: Vec<i64>) -> Self {
+        Column::Int(v)
+    }
+}
+
+impl From<Vec<i32>> for Column {
+    fn from(v: Vec<i32>) -> Self {
+        Column::Int(v.into_iter().map(i64::from).collect())
+    }
+}
+
+impl From<Vec<u32>> for Column {
+    fn from(v: Vec<u32>) -> Self {
+        Column::Int(v.into_iter().map(i64::from).collect())
+    }
+}
+
+impl From<Vec<f32>> for Column {
+    fn from(v: Vec<f32>) -> Self {
+        Column::Float(v)
+    }
+}
+
+/// One sample: its columns in the dataset's column order.
+pub type Record = Vec<Column>;
+
+/// Stacks the same column of several records into a `[rows, len]` tensor.
+pub fn stack(rows: &[&Column], name: &str, first_index: usize) -> Result<tch::Tensor> {
+    let len = rows.first().map_or(0, |c| c.len());
+    for (i, c) in rows.iter().enumerate() {
+        if c.len() != len {
+            return Err(invalid(format!(
+                "column '{name}': record {} has {} elements but record {first_index} has {len}; \
+                 records batched together must have equal lengths",
+                first_index + i,
+                c.len()
+            )));
+        }
+        if c.kind_name() != rows[0].kind_name() {
+            return Err(invalid(format!(
+                "column '{name}' mixes int and float records"
+            )));
+        }
+    }
+    let shape = [rows.len() as i64, len as i64];
+    Ok(match rows.first() {
+        Some(Column::Float(_)) => {
+            let flat: Vec<f32> = rows
+                .iter()
+                .flat_map(|c| match c {
+                    Column::Float(v) => v.clone(),
+                    Column::Int(_) => Vec::new(),
+                })
+                .collect();
+            tch::Tensor::from_slice(&flat).reshape(shape)
+        }
+        _ => {
+            let flat: Vec<i64> = rows
+                .iter()
+                .flat_map(|c| match c {
+                    Column::Int(v) => v.clone(),
+                    Column::Float(_) => Vec::new(),
+                })
+                .collect();
+            tch::Tensor::from_slice(&flat).reshape(shape)
+        }
+    })
+}

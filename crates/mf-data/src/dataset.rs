@@ -1,0 +1,429 @@
+//! `Dataset`: a materialised source of records plus a plan of operations on sample indices.
+use std::sync::Arc;
+
+use mf_core::{invalid, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::column::{stack, Column, Record};
+
+type MapFn = Arc<dyn Fn(Record) -> Result<Record> + Send + Sync>;
+
+#[derive(Clone)]
+enum Op {
+    Shuffle { buffer: usize, seed: u64 },
+    Skip(usize),
+    Take(usize),
+    Shard { num: usize, id: usize },
+    Repeat(usize),
+    Map(MapFn),
+}
+
+/// Records with named columns and a deterministic, seekable sample order.
+#[derive(Clone)]
+pub struct Dataset {
+    rows: Arc<Vec<Record>>,
+    columns: Vec<String>,
+    ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("columns", &self.columns)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Things a generator may yield: a whole record, or the single column of a one-column dataset.
+pub trait IntoRecord {
+    /// The record.
+    fn into_record(self) -> Record;
+}
+
+impl IntoRecord for Record {
+    fn into_record(self) -> Record {
+        self
+    }
+}
+
+macro_rules! one_column {
+    ($($t:ty),*) => {$(
+        impl IntoRecord for $t {
+            fn into_record(self) -> Record {
+                vec![Column::from(self)]
+            }
+        }
+    )*};
+}
+one_column!(Vec<i32>, Vec<i64>, Vec<u32>, Vec<f32>);
+
+/// `GeneratorDataset(generator, column_names)`: collects a finite generator's records.
+pub struct GeneratorDataset;
+
+impl GeneratorDataset {
+    /// Builds a dataset from every record `generator` yields.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<I, R>(generator: I, column_names: &[&str]) -> Result<Dataset>
+    where
+        I: IntoIterator<Item = R>,
+        R: IntoRecord,
+    {
+        Dataset::from_records(
+            generator.into_iter().map(IntoRecord::into_record).collect(),
+            column_names,
+        )
+    }
+}
+
+/// A mixing of (seed, epoch) so every epoch reshuffles differently but reproducibly.
+fn epoch_seed(seed: u64, epoch: u64) -> u64 {
+    seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// MindSpore's buffered shuffle: fill a buffer, emit a random element, refill from the input.
+fn buffered_shuffle(input: Vec<usize>, buffer: usize, seed: u64) -> Vec<usize> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    if buffer >= input.len() {
+        let mut v = input;
+        v.shuffle(&mut rng);
+        return v;
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut buf: Vec<usize> = Vec::with_capacity(buffer);
+    for x in input {
+        if buf.len() < buffer {
+            buf.push(x);
+            continue;
+        }
+        let j = rand::Rng::random_range(&mut rng, 0..buf.len());
+        out.push(std::mem::replace(&mut buf[j], x));
+    }
+    buf.shuffle(&mut rng);
+    out.extend(buf);
+    out
+}
+
+/// A seeded permutation of a sample order, different for every epoch.
+pub fn permute(order: Vec<usize>, seed: u64, epoch: u64) -> Vec<usize> {
+    buffered_shuffle(order, usize::MAX, epoch_seed(seed, epoch))
+}
+
+impl Dataset {
+    /// A dataset over records whose columns are named `column_names`.
+    pub fn from_records(rows: Vec<Record>, column_names: &[&str]) -> Result<Self> {
+        if column_names.is_empty() {
+            return Err(invalid("a dataset needs at least one column name"));
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if r.len() != column_names.len() {
+                return Err(invalid(format!(
+                    "record {i} has {} columns but column_names has {} ({})",
+                    r.len(),
+                    column_names.len(),
+                    column_names.join(", ")
+                )));
+            }
+        }
+        Ok(Dataset {
+            rows: Arc::new(rows),
+            columns: column_names.iter().map(|s| s.to_string()).collect(),
+            ops: Vec::new(),
+        })
+    }
+
+    /// Column names, in record order.
+    pub fn column_names(&self) -> &[String] {
+        &self.columns
+    }
+
+    fn with(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+
+    /// Shuffles with a `buffer_size` window (>= len: a full permutation), reshuffling each epoch.
+    pub fn shuffle(self, buffer_size: usize, seed: u64) -> Result<Self> {
+        if buffer_size < 2 {
+            return Err(invalid("shuffle buffer_size must be at least 2"));
+        }
+        Ok(self.with(Op::Shuffle {
+            buffer: buffer_size,
+            seed,
+        }))
+    }
+
+    /// Drops the first `n` samples.
+    pub fn skip(self, n: usize) -> Self {
+        self.with(Op::Skip(n))
+    }
+
+    /// Keeps the first `n` samples.
+    pub fn take(self, n: usize) -> Self {
+        self.with(Op::Take(n))
+    }
+
+    /// Keeps every `num_shards`-th sample starting at `shard_id` (one data-parallel rank's part).
+    pub fn shard(self, num_shards: usize, shard_id: usize) -> Result<Self> {
+        if num_shards == 0 || shard_id >= num_shards {
+            return Err(invalid(format!(
+                "shard {shard_id} of {num_shards} does not exist"
+            )));
+        }
+        Ok(self.with(Op::Shard {
+            num: num_shards,
+            id: shard_id,
+        }))
+    }
+
+    /// Repeats the samples `count` times (shuffles before it reshuffle per repetition).
+    pub fn repeat(self, count: usize) -> Result<Self> {
+        if count == 0 {
+            return Err(invalid("repeat count must be at least 1"));
+        }
+        Ok(self.with(Op::Repeat(count)))
+    }
+
+    /// Transforms every record (same column layout).
+    pub fn map(self, f: impl Fn(Record) -> Result<Record> + Send + Sync + 'static) -> Self {
+        self.with(Op::Map(Arc::new(f)))
+    }
+
+    /// Sample indices into the source, in order, for `epoch`.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        self.order_of(&self.ops, epoch)
+    }
+
+    fn order_of(&self, ops: &[Op], epoch: u64) -> Vec<usize> {
+        let Some((last, before)) = ops.split_last() else {
+            return (0..self.rows.len()).collect();
+        };
+        if let Op::Repeat(n) = last {
+            return (0..*n as u64)
+                .flat_map(|r| self.order_of(before, epoch.wrapping_mul(1_000_003).wrapping_add(r)))
+                .collect();
+        }
+        let input = self.order_of(before, epoch);
+        match last {
+            Op::Shuffle { buffer, seed } => {
+                buffered_shuffle(input, *buffer, epoch_seed(*seed, epoch))
+            }
+            Op::Skip(n) => input.into_iter().skip(*n).collect(),
+            Op::Take(n) => input.into_iter().take(*n).collect(),
+            Op::Shard { num, id } => input.into_iter().skip(*id).step_by(*num).collect(),
+            Op::Repeat(_) | Op::Map(_) => input,
+        }
+    }
+
+    /// Number of samples in one epoch.
+    pub fn len(&self) -> usize {
+        self.order(0).len()
+    }
+
+    /// Whether an epoch has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The record at source index `idx`, with the maps applied.
+    pub fn record(&self, idx: usize) -> Result<Record> {
+        let mut r = self.rows.get(idx).cloned().ok_or_else(|| {
+            invalid(format!(
+                "record index {idx} is out of range ({} records)",
+                self.rows.len()
+            ))
+        })?;
+        for op in &self.ops {
+            if let Op::Map(f) = op {
+                r = f(r)?;
+                if r.len() != self.columns.len() {
+                    return Err(invalid(format!(
+                        "map returned {} columns for record {idx}, expected {}",
+                        r.len(),
+                        self.columns.len()
+                    )));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Groups samples into batches of `batch_size`.
+    pub fn batch(self, batch_size: usize, drop_remainder: bool) -> Result<BatchedDataset> {
+        if batch_size == 0 {
+            return Err(invalid("batch_size must be at least 1"));
+        }
+        Ok(BatchedDataset {
+            dataset: self,
+            batch_size,
+            drop_remainder,
+        })
+    }
+}
+
+/// A batch: each column stacked into a `[batch, len]` tensor.
+#[derive(Debug)]
+pub struct Batch {
+    /// `(column name, tensor)` in dataset column order.
+    pub columns: Vec<(String, tch::Tensor)>,
+}
+
+impl Batch {
+    /// The tensor of a column, or an error listing the columns there are.
+    pub fn get(&self, name: &str) -> Result<&tch::Tensor> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the dataset has no column '{name}'; its columns are: {}",
+                    self.columns
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+
+    /// Rows in the batch.
+    pub fn size(&self) -> i64 {
+        self.columns.first().map_or(0, |(_, t)| t.size()[0])
+    }
+}
+
+/// `dataset.batch(n, drop_remainder)`.
+#[derive(Clone, Debug)]
+pub struct BatchedDataset {
+    dataset: Dataset,
+    batch_size: usize,
+    drop_remainder: bool,
+}
+
+impl BatchedDataset {
+    /// Samples per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The dataset being batched.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        let n = self.dataset.len();
+        if self.drop_remainder {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// Batch `index` of `epoch`, read directly (no earlier batch is touched).
+    pub fn get(&self, epoch: u64, index: usize) -> Result<Batch> {
+        let order = self.dataset.order(epoch);
+        self.get_in(&order, index)
+    }
+
+    /// Batch `index` of a precomputed epoch order.
+    pub fn get_in(&self, order: &[usize], index: usize) -> Result<Batch> {
+        let start = index * self.batch_size;
+        if start >= order.len() {
+            return Err(invalid(format!(
+                "batch {index} is past the end of the epoch"
+            )));
+        }
+        let end = (start + self.batch_size).min(order.len());
+        let records: Vec<Record> = order[start..end]
+            .iter()
+            .map(|&i| self.dataset.record(i))
+            .collect::<Result<_>>()?;
+        let mut columns = Vec::with_capacity(self.dataset.columns.len());
+        for (c, name) in self.dataset.columns.iter().enumerate() {
+            let col: Vec<&Column> = records.iter().map(|r| &r[c]).collect();
+            columns.push((name.clone(), stack(&col, name, start)?));
+        }
+        Ok(Batch { columns })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(n: i64) -> Dataset {
+        GeneratorDataset::new((0..n).map(|i| vec![i, i + 100]), &["input_ids"]).unwrap()
+    }
+
+    fn firsts(ds: &Dataset, epoch: u64) -> Vec<i64> {
+        ds.order(epoch)
+            .iter()
+            .map(|&i| ds.record(i).unwrap()[0].as_int("x").unwrap()[0])
+            .collect()
+    }
+
+    #[test]
+    fn ops_compose_deterministically() {
+        let ds = numbers(10);
+        assert_eq!(firsts(&ds.clone().skip(2).take(3), 0), [2, 3, 4]);
+        assert_eq!(firsts(&ds.clone().shard(3, 1).unwrap(), 0), [1, 4, 7]);
+        assert_eq!(firsts(&ds.clone().repeat(2).unwrap(), 0).len(), 20);
+        let sh = ds.clone().shuffle(100, 7).unwrap();
+        let (a, b) = (firsts(&sh, 0), firsts(&sh, 1));
+        assert_eq!(a, firsts(&sh, 0), "same seed and epoch, same order");
+        assert_ne!(a, b, "each epoch reshuffles");
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        let windowed = firsts(&ds.clone().shuffle(3, 7).unwrap(), 0);
+        assert_ne!(windowed, (0..10).collect::<Vec<_>>());
+        let mapped = ds.map(|mut r| {
+            if let Column::Int(v) = &mut r[0] {
+                v[0] *= 10;
+            }
+            Ok(r)
+        });
+        assert_eq!(firsts(&mapped, 0)[..3], [0, 10, 20]);
+    }
+
+    #[test]
+    fn batches_seek_and_check_shapes() {
+        let b = numbers(10).batch(4, false).unwrap();
+        assert_eq!(b.num_batches(), 3);
+        let last = b.get(0, 2).unwrap();
+        assert_eq!(last.size(), 2);
+        assert_eq!(
+            Vec::<i64>::try_from(last.get("input_ids").unwrap().get(1)).unwrap(),
+            [9, 109]
+        );
+        assert_eq!(numbers(10).batch(4, true).unwrap().num_batches(), 2);
+        let err = last.get("labels").unwrap_err().to_string();
+        assert!(
+            err.contains("no column 'labels'") && err.contains("input_ids"),
+            "{err}"
+        );
+
+        let ragged = GeneratorDataset::new(vec![vec![1i64, 2], vec![3]], &["input_ids"]).unwrap();
+        let err = ragged
+            .batch(2, false)
+            .unwrap()
+            .get(0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("record 1 has 1 elements but record 0 has 2"),
+            "{err}"
+        );
+        let err = GeneratorDataset::new(
+            vec![vec![Column::Int(vec![1]), Column::Int(vec![2])]],
+            &["a"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("record 0 has 2 columns"), "{err}");
+    }
+}
