@@ -172,3 +172,37 @@ fn bad_checkpoints_are_named_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn decode_head_follows_weight_changes() {
+    let (model, exp) = load();
+    let ids = exp.get("single_input_ids").unwrap();
+    let _g = tch::no_grad_guard();
+    let last = |m: &GPT2LMHeadModel| {
+        let full = m.forward(&ForwardInput::ids(&ids), None).unwrap();
+        let fast = m
+            .forward(
+                &ForwardInput {
+                    input_ids: Some(&ids),
+                    last_only: true,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        (full.select(1, ids.size()[1] - 1), fast.select(1, 0))
+    };
+    let (full, fast) = last(&model);
+    assert!(max_abs_diff(&full, &fast) <= 1e-5);
+    // An in-place change of the tied embedding must reach the cached decode head.
+    let wte = model
+        .parameters()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("wte.weight"))
+        .unwrap()
+        .1;
+    let _ = wte.detach().g_mul_scalar_(1.5);
+    let (full2, fast2) = last(&model);
+    assert!(max_abs_diff(&full2, &fast2) <= 1e-5);
+    assert!(max_abs_diff(&fast, &fast2) > 1e-2);
+}

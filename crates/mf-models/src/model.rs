@@ -18,7 +18,8 @@ pub struct ForwardInput<'a> {
     pub position_ids: Option<&'a Tensor>,
     /// Apply dropout (training).
     pub train: bool,
-    /// Compute logits for the last position only (generation needs no others).
+    /// Compute logits for the last position only: the generation fast path, run under
+    /// `no_grad` (no gradient flows through it).
     pub last_only: bool,
 }
 
