@@ -98,3 +98,36 @@ fn missing_weights_error_says_where_to_put_them() {
         "{err}"
     );
 }
+
+#[test]
+fn train_then_generate_demo_runs_end_to_end() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let bin = example_bin("train_then_generate");
+    let out = Command::new(&bin)
+        .env("MF_DEMO_MAX_STEPS", "4")
+        .env("MF_DEMO_OUTPUT", out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("step 4/4"), "{stdout}");
+    assert!(
+        stdout.contains("[{'text_generation_text': ['An increasing sequence: one, two,"),
+        "{stdout}"
+    );
+    assert!(out_dir
+        .path()
+        .join("checkpoint/step_4/model.safetensors")
+        .is_file());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}

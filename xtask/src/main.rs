@@ -127,6 +127,8 @@ const DEMO_EXAMPLES: &[&str] = &[
     "gpt2_processor_custom",
     "pipeline_text_generation",
     "pipeline_custom_model",
+    // Train a small GPT-2 on the shipped counting corpus, then generate from its checkpoint.
+    "train_then_generate",
 ];
 
 /// Whether real weights for `name` are already in the user's caches.

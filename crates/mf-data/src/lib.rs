@@ -5,7 +5,9 @@
 //! deterministic for a seed and resuming at a sample offset jumps there without reading the
 //! samples before it.
 pub mod column;
+pub mod corpus;
 pub mod dataset;
 
 pub use column::{Column, Record};
+pub use corpus::packed_dataset;
 pub use dataset::{Batch, BatchedDataset, Dataset, GeneratorDataset};
