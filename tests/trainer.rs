@@ -302,3 +302,95 @@ fn bad_input_is_a_clear_error() {
         .iter()
         .all(|(_, p)| bool::try_from(p.isfinite().all()).unwrap()));
 }
+
+#[test]
+fn parallel_recompute_predict_and_finetune() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = mindformers::GPT2Tokenizer::from_pretrained("gpt2").unwrap();
+    tch::manual_seed(0);
+    let small = GPT2Config {
+        hidden_size: 16,
+        num_layers: 1,
+        num_heads: 2,
+        seq_length: 32,
+        ..Default::default()
+    };
+    let model = Box::new(GPT2LMHeadModel::new(&small).unwrap());
+    let mut t = Trainer::new(
+        "text_generation",
+        model,
+        TrainingArguments {
+            max_steps: Some(2),
+            ..args(dir.path())
+        },
+    )
+    .unwrap()
+    .tokenizer(tok)
+    .train_dataset(
+        GeneratorDataset::new(vec![vec![40i64, 1842, 11618, 11, 780]; 8], &["input_ids"]).unwrap(),
+    )
+    .unwrap();
+    use mindformers::trainer::{ParallelConfig, RecomputeConfig};
+    // The seed's sequence-parallel example: one device, use_seq_parallel=True, trains as is.
+    t.set_parallel_config(ParallelConfig {
+        use_seq_parallel: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = t
+        .set_parallel_config(ParallelConfig {
+            pipeline_stage: 2,
+            micro_batch_num: 1,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("micro_batch_num (1) must be at least pipeline_stage (2)"),
+        "{err}"
+    );
+    t.train().unwrap();
+    let out = t
+        .predict(
+            &["I love Beijing, because"],
+            &mindformers::GenerationOverrides {
+                max_new_tokens: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(out[0].starts_with("I love Beijing, because"), "{out:?}");
+
+    t.set_parallel_config(ParallelConfig {
+        data_parallel: 4,
+        model_parallel: 2,
+        pipeline_stage: 2,
+        micro_batch_num: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(t.parallel_config().device_num(), 16);
+    let err = t.train().unwrap_err().to_string();
+    assert!(err.contains("needs the parallel runtime"), "{err}");
+    t.set_parallel_config(ParallelConfig::default()).unwrap();
+    t.set_recompute_config(RecomputeConfig {
+        recompute: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(t.train().unwrap_err().to_string().contains("recompute"));
+    assert!(t
+        .set_recompute_config(RecomputeConfig {
+            recompute: true,
+            select_recompute: true,
+            ..Default::default()
+        })
+        .is_err());
+    t.set_recompute_config(RecomputeConfig::default()).unwrap();
+    let ckpt = mindformers::trainer::checkpoint::list(dir.path())
+        .pop()
+        .unwrap()
+        .1;
+    assert_eq!(t.finetune(&ckpt).unwrap().global_step, 2);
+}

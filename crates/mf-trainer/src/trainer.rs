@@ -13,6 +13,7 @@ use tch::{Kind, Tensor};
 use crate::args::{ResumeFrom, TrainingArguments};
 use crate::checkpoint::{self, TrainerState};
 use crate::optim::Optimizer;
+use crate::parallel::{ParallelConfig, RecomputeConfig};
 
 /// Tasks the trainer knows (MindFormers' names).
 pub const TASKS: &[&str] = &["text_generation"];
@@ -119,6 +120,9 @@ pub struct Trainer {
     train_dataset: Option<BatchedDataset>,
     eval_dataset: Option<BatchedDataset>,
     callbacks: Vec<Box<dyn Callback>>,
+    tokenizer: Option<mf_tokenizers::Tokenizer>,
+    parallel: ParallelConfig,
+    recompute: RecomputeConfig,
 }
 
 fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<BatchedDataset> {
@@ -142,7 +146,70 @@ impl Trainer {
             train_dataset: None,
             eval_dataset: None,
             callbacks: vec![Box::new(LossMonitor)],
+            tokenizer: None,
+            parallel: ParallelConfig::default(),
+            recompute: RecomputeConfig::default(),
         })
+    }
+
+    /// The tokenizer `predict` uses.
+    pub fn tokenizer(mut self, tokenizer: mf_tokenizers::Tokenizer) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    /// `set_parallel_config(data_parallel, model_parallel, pipeline_stage, micro_batch_num, ...)`:
+    /// validated and stored.
+    pub fn set_parallel_config(&mut self, config: ParallelConfig) -> Result<()> {
+        config.validate()?;
+        self.parallel = config;
+        Ok(())
+    }
+
+    /// `set_recompute_config(recompute, select_recompute, ...)`: validated and stored.
+    pub fn set_recompute_config(&mut self, config: RecomputeConfig) -> Result<()> {
+        config.validate()?;
+        self.recompute = config;
+        Ok(())
+    }
+
+    /// The stored parallel layout.
+    pub fn parallel_config(&self) -> &ParallelConfig {
+        &self.parallel
+    }
+
+    /// The stored recompute options.
+    pub fn recompute_config(&self) -> &RecomputeConfig {
+        &self.recompute
+    }
+
+    /// Loads a checkpoint's weights (a `step_N` directory or any HF-format directory), then trains.
+    pub fn finetune(&mut self, checkpoint: &Path) -> Result<TrainOutput> {
+        self.model.load_weights(&SafeTensors::open(checkpoint)?)?;
+        self.train()
+    }
+
+    /// Generates from prompts with the trained model (needs `.tokenizer(...)`).
+    pub fn predict<S: AsRef<str>>(
+        &self,
+        inputs: &[S],
+        options: &mf_models::GenerationOverrides,
+    ) -> Result<Vec<String>> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            invalid("predict needs a tokenizer: Trainer::new(...)?.tokenizer(tok)")
+        })?;
+        let mut cfg = self.model.generation_config().with(options);
+        if let Some(eos) = tok.eos_token_id() {
+            if cfg.eos_token_id.is_empty() {
+                cfg.eos_token_id = vec![eos];
+            }
+        }
+        let prompts = inputs
+            .iter()
+            .map(|t| tok.encode_ids(t.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let out = mf_models::generate(self.model.as_ref(), &prompts, &cfg, None)?;
+        out.iter().map(|ids| tok.decode(ids, true)).collect()
     }
 
     /// Sets the training data.
@@ -250,6 +317,21 @@ impl Trainer {
         let args = self.args.clone();
         if args.fp16 && self.model.device() == tch::Device::Cpu {
             return Err(invalid("fp16 training needs CUDA; on CPU use bf16 or f32"));
+        }
+        if !self.parallel.is_single_device() {
+            return Err(invalid(format!(
+                "the parallel layout (data_parallel={}, model_parallel={}, pipeline_stage={}, micro_batch_num={}, \
+                 micro_batch_interleave_num={}) needs the parallel runtime, which is not available yet; \
+                 train on one device",
+                self.parallel.data_parallel,
+                self.parallel.model_parallel,
+                self.parallel.pipeline_stage,
+                self.parallel.micro_batch_num,
+                self.parallel.micro_batch_interleave_num
+            )));
+        }
+        if self.recompute.any() {
+            return Err(invalid("recompute is not available yet; train without set_recompute_config(recompute/select_recompute)"));
         }
         if args.bf16 {
             return Err(invalid(
