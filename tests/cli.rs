@@ -295,3 +295,96 @@ fn bad_input_exits_with_one_line() {
         "missing tensor(s)",
     );
 }
+
+#[test]
+fn data_prepare_writes_shards_the_trainer_reads() {
+    let home = tempfile::tempdir().unwrap();
+    let corpus = home.path().join("c.jsonl");
+    std::fs::write(
+        &corpus,
+        "{\"text\": \"hello! I love Beijing, because\"}\n{\"text\": \"hello!\"}\n",
+    )
+    .unwrap();
+    let out_dir = home.path().join("train");
+    let out = mf(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "gpt2",
+            "--seq-length",
+            "3",
+            "--output",
+            out_dir.to_str().unwrap(),
+            corpus.to_str().unwrap(),
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 7 tokens + eos, 2 tokens + eos = 11 tokens: two samples of 4.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!(
+            "wrote 8 tokens (2 samples of 4 tokens) in 1 shard(s) to {}",
+            out_dir.display()
+        )
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenized"));
+
+    // The seed's `Trainer(task, model, args, train_dataset='./train', eval_dataset='./eval')`.
+    tch::manual_seed(0);
+    let cfg = mindformers::GPT2Config {
+        hidden_size: 16,
+        num_layers: 1,
+        num_heads: 2,
+        seq_length: 8,
+        ..Default::default()
+    };
+    let model = Box::new(mindformers::GPT2LMHeadModel::new(&cfg).unwrap());
+    let args = mindformers::TrainingArguments {
+        output_dir: home.path().join("run").display().to_string(),
+        batch_size: Some(2),
+        num_train_epochs: 2.0,
+        ..Default::default()
+    };
+    let mut t = mindformers::Trainer::new("text_generation", model, args)
+        .unwrap()
+        .train_dataset(out_dir.as_path())
+        .unwrap()
+        .eval_dataset(out_dir.as_path())
+        .unwrap();
+    assert_eq!(t.train().unwrap().global_step, 2);
+    assert!(t.evaluate().unwrap().eval_loss.is_finite());
+
+    fails_with_one_line(
+        &mf(
+            &[
+                "data",
+                "prepare",
+                "--tokenizer",
+                "gpt2",
+                "--seq-length",
+                "3",
+                "--output",
+                "x",
+            ],
+            home.path(),
+        ),
+        "no input files",
+    );
+    let err = mindformers::Trainer::new(
+        "text_generation",
+        Box::new(mindformers::GPT2LMHeadModel::new(&cfg).unwrap()),
+        Default::default(),
+    )
+    .unwrap()
+    .train_dataset(home.path())
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("mf data prepare"), "{err}");
+}

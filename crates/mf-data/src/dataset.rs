@@ -9,6 +9,32 @@ use crate::column::{stack, Column, Record};
 
 type MapFn = Arc<dyn Fn(Record) -> Result<Record> + Send + Sync>;
 
+/// Random-access storage of records (in memory, or memory-mapped token shards).
+pub trait Source: Send + Sync {
+    /// Number of records.
+    fn len(&self) -> usize;
+    /// Record `i` (`i < len()`).
+    fn get(&self, i: usize) -> Result<Record>;
+    /// Whether there are no records.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Source for Vec<Record> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn get(&self, i: usize) -> Result<Record> {
+        self.as_slice().get(i).cloned().ok_or_else(|| {
+            invalid(format!(
+                "record index {i} is out of range ({} records)",
+                Vec::len(self)
+            ))
+        })
+    }
+}
+
 #[derive(Clone)]
 enum Op {
     Shuffle { buffer: usize, seed: u64 },
@@ -22,7 +48,7 @@ enum Op {
 /// Records with named columns and a deterministic, seekable sample order.
 #[derive(Clone)]
 pub struct Dataset {
-    rows: Arc<Vec<Record>>,
+    rows: Arc<dyn Source>,
     columns: Vec<String>,
     ops: Vec<Op>,
 }
@@ -133,6 +159,18 @@ impl Dataset {
         })
     }
 
+    /// A dataset over any record source (e.g. memory-mapped token shards).
+    pub fn from_source(source: Arc<dyn Source>, column_names: &[&str]) -> Result<Self> {
+        if column_names.is_empty() {
+            return Err(invalid("a dataset needs at least one column name"));
+        }
+        Ok(Dataset {
+            rows: source,
+            columns: column_names.iter().map(|s| s.to_string()).collect(),
+            ops: Vec::new(),
+        })
+    }
+
     /// Column names, in record order.
     pub fn column_names(&self) -> &[String] {
         &self.columns
@@ -228,12 +266,7 @@ impl Dataset {
 
     /// The record at source index `idx`, with the maps applied.
     pub fn record(&self, idx: usize) -> Result<Record> {
-        let mut r = self.rows.get(idx).cloned().ok_or_else(|| {
-            invalid(format!(
-                "record index {idx} is out of range ({} records)",
-                self.rows.len()
-            ))
-        })?;
+        let mut r = self.rows.get(idx)?;
         for op in &self.ops {
             if let Op::Map(f) = op {
                 r = f(r)?;

@@ -7,7 +7,8 @@
 pub mod column;
 pub mod corpus;
 pub mod dataset;
+pub mod shards;
 
 pub use column::{Column, Record};
 pub use corpus::packed_dataset;
-pub use dataset::{Batch, BatchedDataset, Dataset, GeneratorDataset};
+pub use dataset::{Batch, BatchedDataset, Dataset, GeneratorDataset, Source};

@@ -24,6 +24,20 @@ pub enum DatasetArg {
     Batched(BatchedDataset),
     /// Batched with `batch_size` / `per_device_*_batch_size`.
     Unbatched(Dataset),
+    /// A directory made by `mf data prepare` (memory-mapped token shards).
+    Path(PathBuf),
+}
+
+impl From<&Path> for DatasetArg {
+    fn from(p: &Path) -> Self {
+        DatasetArg::Path(p.to_path_buf())
+    }
+}
+
+impl From<&str> for DatasetArg {
+    fn from(p: &str) -> Self {
+        DatasetArg::Path(PathBuf::from(p))
+    }
 }
 
 impl From<BatchedDataset> for DatasetArg {
@@ -129,6 +143,7 @@ fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<Batche
     match arg {
         DatasetArg::Batched(b) => Ok(b),
         DatasetArg::Unbatched(d) => d.batch(batch_size, drop_last),
+        DatasetArg::Path(p) => mf_data::shards::open(&p)?.batch(batch_size, drop_last),
     }
 }
 

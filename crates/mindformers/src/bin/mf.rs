@@ -138,6 +138,11 @@ enum Cmd {
     },
     /// List model presets.
     Presets,
+    /// Dataset tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCmd,
+    },
     /// Measure greedy decode speed on a randomly initialised preset model (one JSON line).
     BenchGenerate {
         /// Preset name.
@@ -164,6 +169,27 @@ enum Cmd {
         /// f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Tokenize text/JSONL files into memory-mapped token shards for training.
+    Prepare {
+        /// Tokenizer preset name or directory.
+        #[arg(long)]
+        tokenizer: String,
+        /// Tokens per training sample minus one.
+        #[arg(long)]
+        seq_length: usize,
+        /// Samples per shard file.
+        #[arg(long, default_value_t = 65536)]
+        shard_samples: usize,
+        /// Output directory.
+        #[arg(long)]
+        output: PathBuf,
+        /// Input .txt (one document per line) or .jsonl (a `text` field) files.
+        inputs: Vec<PathBuf>,
     },
 }
 
@@ -361,6 +387,41 @@ fn run(cli: Cli) -> Result<()> {
                 "threads": tch::get_num_threads(),
             });
             writeln!(out, "{v}")?;
+        }
+        Cmd::Data {
+            command:
+                DataCmd::Prepare {
+                    tokenizer,
+                    seq_length,
+                    shard_samples,
+                    output,
+                    inputs,
+                },
+        } => {
+            if inputs.is_empty() {
+                bail!("no input files given: mf data prepare --tokenizer gpt2 --seq-length 1024 corpus.txt --output data/train");
+            }
+            let tok = AutoTokenizer::from_pretrained(&tokenizer)?;
+            let index = mindformers::data::shards::prepare(
+                &inputs,
+                &tok,
+                &tokenizer,
+                seq_length,
+                shard_samples,
+                &output,
+                |path, tokens| {
+                    eprintln!("tokenized {} ({tokens} tokens so far)", path.display());
+                },
+            )?;
+            writeln!(
+                out,
+                "wrote {} tokens ({} samples of {} tokens) in {} shard(s) to {}",
+                index.total_tokens,
+                index.total_tokens / (seq_length + 1),
+                seq_length + 1,
+                index.shards.len(),
+                output.display()
+            )?;
         }
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {
