@@ -212,9 +212,15 @@ mod tests {
         let tok = mf_tokenizers::GPT2Tokenizer::bundled().unwrap();
         let out = dir.path().join("prepared");
         let mut seen = Vec::new();
-        let index = prepare(&[text.clone()], &tok, "gpt2", 2, 2, &out, |p, n| {
-            seen.push((p.to_path_buf(), n))
-        })
+        let index = prepare(
+            std::slice::from_ref(&text),
+            &tok,
+            "gpt2",
+            2,
+            2,
+            &out,
+            |p, n| seen.push((p.to_path_buf(), n)),
+        )
         .unwrap();
         // 3 + 6 + 3 = 12 tokens: four windows of 3, two shards of two windows.
         assert_eq!((index.total_tokens, index.shards.len()), (12, 2));
