@@ -92,6 +92,8 @@ pub trait Callback {
     fn name(&self) -> &str;
     /// After a logged step.
     fn on_log(&mut self, _record: &LogRecord) {}
+    /// After every optimizer step (`step` is 1-based), with the step's loss.
+    fn on_step(&mut self, _step: usize, _total: usize, _loss: f64) {}
     /// After a checkpoint was written.
     fn on_save(&mut self, _dir: &Path) {}
     /// After an evaluation; returning true stops training (early stopping).
@@ -100,18 +102,55 @@ pub trait Callback {
     }
 }
 
-/// Prints one line per logged step (MindFormers' loss monitor).
-pub struct LossMonitor;
+/// MindFormers' loss monitor: one line per logged step. On a terminal it also draws a progress
+/// bar with ETA on stderr and prints the lines above it; in logs and pipes, plain lines only.
+#[derive(Default)]
+pub struct LossMonitor {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl LossMonitor {
+    /// A loss monitor (the trainer installs one by default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl Callback for LossMonitor {
     fn name(&self) -> &str {
         "loss_monitor"
     }
+    fn on_step(&mut self, step: usize, total: usize, loss: f64) {
+        if self.bar.is_none() && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            ) {
+                b.set_style(style);
+            }
+            b
+        });
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+    }
     fn on_log(&mut self, r: &LogRecord) {
-        println!(
+        let line = format!(
             "epoch {:.2} step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} step_time {:.3}s tokens/s {:.0} samples/s {:.1}",
             r.epoch, r.step, r.total_steps, r.loss, r.lr, r.grad_norm, r.step_time_s, r.tokens_per_s, r.samples_per_s
         );
+        match &self.bar {
+            Some(bar) => {
+                bar.println(line);
+                if r.step == r.total_steps {
+                    bar.finish_and_clear();
+                    self.bar = None;
+                }
+            }
+            None => println!("{line}"),
+        }
     }
 }
 
@@ -160,7 +199,7 @@ impl Trainer {
             args,
             train_dataset: None,
             eval_dataset: None,
-            callbacks: vec![Box::new(LossMonitor)],
+            callbacks: vec![Box::new(LossMonitor::new())],
             tokenizer: None,
             parallel: ParallelConfig::default(),
             recompute: RecomputeConfig::default(),
@@ -452,6 +491,9 @@ impl Trainer {
             state.global_step += 1;
             state.epoch = state.micro_batches as f64 / per_epoch as f64;
             step_losses.push(loss_value);
+            for cb in &mut self.callbacks {
+                cb.on_step(state.global_step, total, loss_value);
+            }
             window_loss += step_loss;
             window_steps += 1;
             let at_end = state.global_step == total;
