@@ -131,3 +131,31 @@ fn train_then_generate_demo_runs_end_to_end() {
         1
     );
 }
+
+#[test]
+fn seed_trainer_examples_run() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run("training_arguments", home.path());
+    assert!(
+        out.contains("num_train_epochs = 3.0")
+            && out.contains("batch_size = 2")
+            && out.contains("warmup_steps = 1000"),
+        "{out}"
+    );
+    let bin = example_bin("trainer_custom_dataset");
+    let res = Command::new(&bin)
+        .env("MF_EXAMPLE_MAX_STEPS", "2")
+        .env("MF_EXAMPLE_OUTPUT", home.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        stdout.contains("trained 2 steps") && stdout.contains("eval_loss"),
+        "{stdout}"
+    );
+}
