@@ -42,6 +42,42 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>> {
     Ok(docs)
 }
 
+/// Tokenizes every document of `paths` and concatenates them, each followed by the eos token;
+/// `progress` is called after each file with its path and the tokens so far.
+pub fn token_stream<P: AsRef<Path>>(
+    paths: &[P],
+    tokenizer: &Tokenizer,
+    mut progress: impl FnMut(&Path, usize),
+) -> Result<Vec<u32>> {
+    let eos = tokenizer
+        .eos_token_id()
+        .ok_or_else(|| invalid("the tokenizer has no eos token to separate documents"))?;
+    let mut stream = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        for doc in read_documents(path)? {
+            stream.extend(tokenizer.encode_ids(&doc)?);
+            stream.push(eos);
+        }
+        progress(path, stream.len());
+    }
+    Ok(stream)
+}
+
+/// Number of whole `seq_length + 1` windows in `tokens` tokens, or an error if there are none.
+pub fn window_count(tokens: usize, seq_length: usize) -> Result<usize> {
+    if seq_length == 0 {
+        return Err(invalid("seq_length must be at least 1"));
+    }
+    let window = seq_length + 1;
+    if tokens < window {
+        return Err(invalid(format!(
+            "the corpus has {tokens} tokens, fewer than seq_length + 1 = {window}; add text or lower seq_length"
+        )));
+    }
+    Ok(tokens / window)
+}
+
 /// Tokenizes every document (each followed by the eos token), concatenates them and cuts the
 /// stream into non-overlapping windows of `seq_length + 1` tokens in an `input_ids` column.
 pub fn packed_dataset(
@@ -49,29 +85,11 @@ pub fn packed_dataset(
     tokenizer: &Tokenizer,
     seq_length: usize,
 ) -> Result<Dataset> {
-    if seq_length == 0 {
-        return Err(invalid("seq_length must be at least 1"));
-    }
-    let eos = tokenizer
-        .eos_token_id()
-        .ok_or_else(|| invalid("the tokenizer has no eos token to separate documents"))?;
-    let mut stream: Vec<i64> = Vec::new();
-    for path in paths {
-        for doc in read_documents(path)? {
-            stream.extend(tokenizer.encode_ids(&doc)?.into_iter().map(i64::from));
-            stream.push(eos as i64);
-        }
-    }
-    let window = seq_length + 1;
-    if stream.len() < window {
-        return Err(invalid(format!(
-            "the corpus has {} tokens, fewer than seq_length + 1 = {window}; add text or lower seq_length",
-            stream.len()
-        )));
-    }
-    let rows = stream
-        .chunks_exact(window)
-        .map(|c| vec![Column::Int(c.to_vec())])
+    let stream = token_stream(paths, tokenizer, |_, _| {})?;
+    let windows = window_count(stream.len(), seq_length)?;
+    let rows = stream[..windows * (seq_length + 1)]
+        .chunks_exact(seq_length + 1)
+        .map(|c| vec![Column::Int(c.iter().map(|&t| i64::from(t)).collect())])
         .collect();
     Dataset::from_records(rows, &["input_ids"])
 }

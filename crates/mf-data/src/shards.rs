@@ -10,7 +10,7 @@ use mf_tokenizers::Tokenizer;
 use serde::{Deserialize, Serialize};
 
 use crate::column::{Column, Record};
-use crate::corpus::read_documents;
+use crate::corpus::{token_stream, window_count};
 use crate::dataset::{Dataset, Source};
 
 /// The index file's name.
@@ -55,31 +55,15 @@ pub fn prepare(
     output: &Path,
     mut progress: impl FnMut(&Path, usize),
 ) -> Result<ShardIndex> {
-    if seq_length == 0 || shard_windows == 0 {
-        return Err(invalid("seq_length and shard size must be at least 1"));
+    if shard_windows == 0 {
+        return Err(invalid("shard size must be at least 1 sample"));
     }
     if inputs.is_empty() {
         return Err(invalid("no input files given"));
     }
-    let eos = tokenizer
-        .eos_token_id()
-        .ok_or_else(|| invalid("the tokenizer has no eos token to separate documents"))?;
-    let mut stream: Vec<u32> = Vec::new();
-    for path in inputs {
-        for doc in read_documents(path)? {
-            stream.extend(tokenizer.encode_ids(&doc)?);
-            stream.push(eos);
-        }
-        progress(path, stream.len());
-    }
+    let stream = token_stream(inputs, tokenizer, &mut progress)?;
     let window = seq_length + 1;
-    let windows = stream.len() / window;
-    if windows == 0 {
-        return Err(invalid(format!(
-            "the input has {} tokens, fewer than seq_length + 1 = {window}",
-            stream.len()
-        )));
-    }
+    let windows = window_count(stream.len(), seq_length)?;
     let parent = output.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| MfError::io(parent, e))?;
     let tmp = parent.join(format!(
