@@ -12,6 +12,7 @@ use mindformers::{
 
 fn main() -> mindformers::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap_or(root);
     let steps: usize = std::env::var("MF_DEMO_MAX_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
