@@ -238,8 +238,9 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 
 /// mindformers-rs against transformers `generate` on the same machine, same threads, same run.
 fn bench(args: &[String]) -> Result<()> {
-    if args.first().map(String::as_str) != Some("generate") {
-        bail!("usage: cargo xtask bench generate [--threads N]");
+    let what = args.first().map(String::as_str);
+    if what != Some("generate") && what != Some("train") {
+        bail!("usage: cargo xtask bench generate|train [--threads N]");
     }
     let threads = args
         .windows(2)
@@ -254,6 +255,9 @@ fn bench(args: &[String]) -> Result<()> {
     setup(true)?;
     run(cargo().args(["build", "--release", "-p", "mindformers", "--bin", "mf"]))?;
     let mf = root().join("target/release/mf");
+    if what == Some("train") {
+        return bench_train(&mf, &threads);
+    }
     // Best of 5 timed runs each: a 2-core VM is noisy, and the best run is the least disturbed.
     let repeats = "5";
     println!("| batch | mindformers-rs tok/s | transformers tok/s | ratio | mf peak RSS MiB | HF peak RSS MiB |");
@@ -291,6 +295,71 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
+fn bench_train(mf: &Path, threads: &str) -> Result<()> {
+    let shape = [
+        "--seq-length",
+        "256",
+        "--batch",
+        "8",
+        "--steps",
+        "6",
+        "--warmup",
+        "2",
+        "--threads",
+        threads,
+    ];
+    let ours = json_line(
+        Command::new(mf)
+            .arg("bench-train")
+            .args([
+                "--set",
+                "num_layers=6",
+                "--set",
+                "hidden_size=512",
+                "--set",
+                "num_heads=8",
+            ])
+            .args(shape),
+    )?;
+    let theirs = json_line(
+        Command::new(venv_python())
+            .arg(root().join("tools/bench/hf_train.py"))
+            .args(["--layers", "6", "--hidden", "512", "--heads", "8"])
+            .args(shape),
+    )?;
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!("| | mindformers-rs | PyTorch eager |\n|---|---|---|");
+    println!(
+        "| steps/s | {:.3} | {:.3} |",
+        f(&ours, "steps_per_s"),
+        f(&theirs, "steps_per_s")
+    );
+    println!(
+        "| tokens/s | {:.0} | {:.0} |",
+        f(&ours, "tokens_per_s"),
+        f(&theirs, "tokens_per_s")
+    );
+    println!(
+        "| peak RSS MiB | {:.0} | {:.0} |",
+        f(&ours, "peak_rss_mb"),
+        f(&theirs, "peak_rss_mb")
+    );
+    let peak = f(&ours, "matmul_peak_gflops") * 1e9;
+    let params = f(&ours, "parameters");
+    println!(
+        "| MFU (6·N·tokens/s over {:.0} GFLOPS) | {:.1}% | {:.1}% |",
+        peak / 1e9,
+        100.0 * 6.0 * params * f(&ours, "tokens_per_s") / peak,
+        100.0 * 6.0 * params * f(&theirs, "tokens_per_s") / peak
+    );
+    println!(
+        "ratio (tokens/s): {:.2}x",
+        f(&ours, "tokens_per_s") / f(&theirs, "tokens_per_s")
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -309,7 +378,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate       decode speed against transformers (same machine, same run)\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate       decode speed against transformers (same machine, same run)\n  bench train          Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
             );
             bail!("unknown or missing command")
         }

@@ -138,6 +138,30 @@ enum Cmd {
     },
     /// List model presets.
     Presets,
+    /// Measure Trainer throughput on random tokens (one JSON line; see `cargo xtask bench train`).
+    BenchTrain {
+        /// Preset name.
+        #[arg(long, default_value = "gpt2")]
+        preset: String,
+        /// Override a preset key, e.g. --set num_layers=6.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Tokens per sample minus one.
+        #[arg(long, default_value_t = 256)]
+        seq_length: usize,
+        /// Samples per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 6)]
+        steps: usize,
+        /// Untimed first steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Intra-op threads (default: libtorch's).
+        #[arg(long)]
+        threads: Option<i32>,
+    },
     /// Dataset tools.
     Data {
         #[command(subcommand)]
@@ -191,6 +215,35 @@ enum DataCmd {
         /// Input .txt (one document per line) or .jsonl (a `text` field) files.
         inputs: Vec<PathBuf>,
     },
+}
+
+/// Records when each optimizer step finished.
+struct StepClock(std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>);
+
+impl mindformers::Callback for StepClock {
+    fn name(&self) -> &str {
+        "step_clock"
+    }
+    fn on_step(&mut self, _step: usize, _total: usize, _loss: f64) {
+        if let Ok(mut t) = self.0.lock() {
+            t.push(std::time::Instant::now());
+        }
+    }
+}
+
+/// The f32 matmul rate of this machine (best of a few 2048² products), the MFU denominator.
+fn matmul_peak_gflops() -> f64 {
+    let n = 2048i64;
+    let a = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
+    let b = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
+    let _ = a.mm(&b);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let _ = a.mm(&b);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
 }
 
 /// Peak resident memory of this process in MiB (VmHWM).
@@ -422,6 +475,78 @@ fn run(cli: Cli) -> Result<()> {
                 index.shards.len(),
                 output.display()
             )?;
+        }
+        Cmd::BenchTrain {
+            preset,
+            sets,
+            seq_length,
+            batch,
+            steps,
+            warmup,
+            threads,
+        } => {
+            if let Some(t) = threads {
+                tch::set_num_threads(t);
+            }
+            let peak = matmul_peak_gflops();
+            let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
+            tch::manual_seed(0);
+            let model = AutoModel::from_config(&cfg)?;
+            let params = model.num_parameters();
+            let vocab = model.vocab_size() as i64;
+            let total = warmup + steps;
+            let rows: Vec<Vec<i64>> = (0..total * batch)
+                .map(|_| {
+                    Vec::<i64>::try_from(tch::Tensor::randint(
+                        vocab,
+                        [seq_length as i64 + 1],
+                        (tch::Kind::Int64, tch::Device::Cpu),
+                    ))
+                })
+                .collect::<Result<_, _>>()?;
+            let dataset = mindformers::GeneratorDataset::new(rows, &["input_ids"])?;
+            let dir = std::env::temp_dir().join(format!("mf-bench-train-{}", std::process::id()));
+            let args = mindformers::TrainingArguments {
+                output_dir: dir.display().to_string(),
+                max_steps: Some(total),
+                batch_size: Some(batch),
+                learning_rate: 1e-4,
+                save_strategy: "no".into(),
+                logging_steps: total,
+                shuffle: false,
+                sink_mode: false,
+                ..Default::default()
+            };
+            let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut trainer = mindformers::Trainer::new("text_generation", model, args)?
+                .train_dataset(dataset)?;
+            trainer.remove_callback("loss_monitor");
+            trainer.add_callback(Box::new(StepClock(times.clone())));
+            let start = std::time::Instant::now();
+            trainer.train()?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let stamps = times.lock().map(|t| t.clone()).unwrap_or_default();
+            let from = if warmup == 0 {
+                start
+            } else {
+                stamps[warmup - 1]
+            };
+            let secs = stamps
+                .last()
+                .map_or(0.0, |t| t.duration_since(from).as_secs_f64())
+                / steps.max(1) as f64;
+            let tokens_per_s = (batch * seq_length) as f64 / secs;
+            let v = serde_json::json!({
+                "impl": "mindformers-rs",
+                "steps_per_s": 1.0 / secs,
+                "tokens_per_s": tokens_per_s,
+                "parameters": params,
+                "peak_rss_mb": peak_rss_mb(),
+                "matmul_peak_gflops": peak,
+                "mfu": 6.0 * params as f64 * tokens_per_s / (peak * 1e9),
+                "threads": tch::get_num_threads(),
+            });
+            writeln!(out, "{v}")?;
         }
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {
