@@ -206,3 +206,18 @@ fn decode_head_follows_weight_changes() {
     assert!(max_abs_diff(&full2, &fast2) <= 1e-5);
     assert!(max_abs_diff(&fast, &fast2) > 1e-2);
 }
+
+#[test]
+fn checkpoint_name_or_path_loads_weights_in_new() {
+    let dir = common::fixtures().join("gpt2_tiny");
+    let (reference, _) = load();
+    let mut cfg = reference.config().clone();
+    cfg.checkpoint_name_or_path = dir.display().to_string();
+    let model = GPT2LMHeadModel::new(&cfg).unwrap();
+    for ((n, a), (_, b)) in reference.parameters().iter().zip(model.parameters().iter()) {
+        assert!(a.equal(b), "{n} differs");
+    }
+    cfg.checkpoint_name_or_path = "./no/such/checkpoint".into();
+    let err = GPT2LMHeadModel::new(&cfg).unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}

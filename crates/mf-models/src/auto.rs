@@ -140,7 +140,6 @@ impl AutoConfig {
                     ));
                 }
                 c.hub_repo = p.hub_repo.clone();
-                c.checkpoint_name_or_path = name_or_dir.to_string();
                 c.validate(&format!("preset {name_or_dir}"))?;
                 Ok(ModelConfig::Gpt2(c))
             }

@@ -68,7 +68,8 @@ pub struct GPT2Config {
     pub pad_token_id: Option<u32>,
     /// Use the KV cache when generating.
     pub use_past: bool,
-    /// Preset or directory whose weights `from_pretrained` loads (MindFormers' field).
+    /// A preset name or directory whose weights `GPT2LMHeadModel::new` loads, as in
+    /// MindFormers; empty means random initialisation.
     pub checkpoint_name_or_path: String,
     /// Hugging Face hub repository of the preset's weights.
     pub hub_repo: Option<String>,
@@ -273,9 +274,15 @@ impl std::fmt::Debug for GPT2LMHeadModel {
 
 impl GPT2LMHeadModel {
     /// A randomly initialised model (HF's scheme: normal(0, initializer_range), residual
-    /// projections scaled by 1/sqrt(2·num_layers)) on the CPU in f32.
+    /// projections scaled by 1/sqrt(2·num_layers)) on the CPU in f32; with
+    /// `checkpoint_name_or_path` set, that checkpoint's weights are loaded into it.
     pub fn new(config: &GPT2Config) -> Result<Self> {
-        Self::with_parallel(config, TensorParallel::single())
+        let model = Self::with_parallel(config, TensorParallel::single())?;
+        if !config.checkpoint_name_or_path.is_empty() {
+            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+            model.load_weights(&SafeTensors::open(&dir)?)?;
+        }
+        Ok(model)
     }
 
     /// A randomly initialised model at a tensor-parallel position.

@@ -369,8 +369,12 @@ impl Trainer {
             .clone()
             .ok_or_else(|| invalid("no train_dataset given"))?;
         let args = self.args.clone();
-        if args.fp16 && self.model.device() == tch::Device::Cpu {
-            return Err(invalid("fp16 training needs CUDA; on CPU use bf16 or f32"));
+        if args.fp16 {
+            return Err(invalid(if self.model.device() == tch::Device::Cpu {
+                "fp16 training needs CUDA; on CPU train in f32"
+            } else {
+                "fp16 mixed-precision training (dynamic loss scaling) is not available yet; train in f32"
+            }));
         }
         if !self.parallel.is_single_device() {
             return Err(invalid(format!(
