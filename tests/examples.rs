@@ -3,6 +3,7 @@
 //! path runs offline.
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,26 +18,37 @@ fn example_bin(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run(name: &str, mf_home: &Path) -> String {
+/// Runs an example with extra environment variables; asserts success, returns stdout.
+fn run_env(name: &str, envs: &[(&str, &OsStr)]) -> String {
     let bin = example_bin(name);
     assert!(
         bin.exists(),
         "{} not built (cargo test builds examples)",
         bin.display()
     );
-    let out = Command::new(&bin)
-        .env("MF_HOME", mf_home)
-        .env("MF_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(&bin);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
-        "{name} failed: {}{}",
-        stdout,
+        "{name} failed: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Runs an example against the model cache `mf_home`, offline.
+fn run(name: &str, mf_home: &Path) -> String {
+    run_env(
+        name,
+        &[
+            ("MF_HOME", mf_home.as_os_str()),
+            ("MF_OFFLINE", OsStr::new("1")),
+        ],
+    )
 }
 
 #[test]
@@ -102,17 +114,12 @@ fn missing_weights_error_says_where_to_put_them() {
 #[test]
 fn train_then_generate_demo_runs_end_to_end() {
     let out_dir = tempfile::tempdir().unwrap();
-    let bin = example_bin("train_then_generate");
-    let out = Command::new(&bin)
-        .env("MF_DEMO_MAX_STEPS", "4")
-        .env("MF_DEMO_OUTPUT", out_dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_env(
+        "train_then_generate",
+        &[
+            ("MF_DEMO_MAX_STEPS", OsStr::new("4")),
+            ("MF_DEMO_OUTPUT", out_dir.path().as_os_str()),
+        ],
     );
     assert!(stdout.contains("step 4/4"), "{stdout}");
     assert!(
@@ -142,17 +149,12 @@ fn seed_trainer_examples_run() {
             && out.contains("warmup_steps = 1000"),
         "{out}"
     );
-    let bin = example_bin("trainer_custom_dataset");
-    let res = Command::new(&bin)
-        .env("MF_EXAMPLE_MAX_STEPS", "2")
-        .env("MF_EXAMPLE_OUTPUT", home.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&res.stderr)
+    let stdout = run_env(
+        "trainer_custom_dataset",
+        &[
+            ("MF_EXAMPLE_MAX_STEPS", OsStr::new("2")),
+            ("MF_EXAMPLE_OUTPUT", home.path().as_os_str()),
+        ],
     );
     assert!(
         stdout.contains("trained 2 steps") && stdout.contains("eval_loss"),
