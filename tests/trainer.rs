@@ -394,3 +394,248 @@ fn parallel_recompute_predict_and_finetune() {
         .1;
     assert_eq!(t.finetune(&ckpt).unwrap().global_step, 2);
 }
+
+fn read_metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn bf16_trains_with_f32_master_weights_and_resumes_exactly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let bf16 = |out: &Path, max_steps: usize| TrainingArguments {
+        bf16: true,
+        max_steps: Some(max_steps),
+        save_steps: 5,
+        ..args(out)
+    };
+    let straight_dir = dir.path().join("straight");
+    let mut straight = Trainer::new(
+        "text_generation",
+        tiny_model(1, 0.1),
+        bf16(&straight_dir, 10),
+    )
+    .unwrap()
+    .train_dataset(dataset(16, 9))
+    .unwrap();
+    let full = straight.train().unwrap();
+    assert!(
+        full.step_losses[9] < full.step_losses[0],
+        "{:?}",
+        full.step_losses
+    );
+    // The model leaves train() in f32, holding the master weights.
+    for (name, t) in straight.model().parameters() {
+        assert_eq!(t.kind(), tch::Kind::Float, "{name}");
+    }
+    // Checkpoints hold the bf16 model (HF-loadable) plus the f32 masters with the optimizer.
+    let ckpt =
+        mindformers::core::checkpoint::SafeTensors::open(straight_dir.join("checkpoint/step_5"))
+            .unwrap();
+    assert_eq!(
+        ckpt.get("transformer.h.0.mlp.c_fc.weight").unwrap().kind(),
+        tch::Kind::BFloat16
+    );
+    // A fresh run that finds a copy of step 5 resumes from it and must replay steps 6..10.
+    let resumed_dir = dir.path().join("resumed");
+    let dst = resumed_dir.join("checkpoint/step_5");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(straight_dir.join("checkpoint/step_5"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+    let mut first = Trainer::new(
+        "text_generation",
+        tiny_model(77, 0.1),
+        TrainingArguments {
+            resume_from_checkpoint: Some(mindformers::trainer::ResumeFrom::Latest(true)),
+            ..bf16(&resumed_dir, 10)
+        },
+    )
+    .unwrap()
+    .train_dataset(dataset(16, 9))
+    .unwrap();
+    let rest = first.train().unwrap();
+    assert_eq!(rest.step_losses, full.step_losses[5..].to_vec());
+    for ((n, x), (_, y)) in weights(straight.model()).iter().zip(weights(first.model())) {
+        assert!(x.equal(&y), "{n} differs after resume");
+    }
+}
+
+#[test]
+fn fp16_loss_scaling_skips_overflowing_steps_and_backs_off() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let a = TrainingArguments {
+        fp16: true,
+        max_steps: Some(12),
+        logging_steps: 1,
+        save_strategy: "no".into(),
+        // 2^24 overflows these f16 gradients; each skipped step halves the scale.
+        loss_scale_value: 2f64.powi(24),
+        loss_scale_window: 3,
+        ..args(dir.path())
+    };
+    let mut t = Trainer::new("text_generation", tiny_model(2, 0.0), a)
+        .unwrap()
+        .train_dataset(dataset(16, 9))
+        .unwrap();
+    let before = weights(t.model());
+    let out = t.train().unwrap();
+    let logs = read_metrics(dir.path());
+    let scales: Vec<f64> = logs
+        .iter()
+        .map(|l| l["loss_scale"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scales[0] < 2f64.powi(24),
+        "the first step overflowed: {scales:?}"
+    );
+    assert!(
+        scales.windows(2).any(|w| w[1] == w[0] * 2.0),
+        "after loss_scale_window good steps the scale grows: {scales:?}"
+    );
+    assert_eq!(out.global_step, 12);
+    let after = weights(t.model());
+    assert!(before
+        .iter()
+        .zip(&after)
+        .any(|((_, x), (_, y))| !x.equal(y)));
+    assert!(out.step_losses.iter().all(|l| l.is_finite()));
+    assert!(
+        out.step_losses[11] < out.step_losses[0],
+        "{:?}",
+        out.step_losses
+    );
+}
+
+#[test]
+fn early_stopping_metrics_plot_and_mfu() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let a = TrainingArguments {
+        // A learning rate so small the evaluation loss cannot improve by the threshold.
+        learning_rate: 1e-9,
+        warmup_steps: Some(0),
+        evaluation_strategy: "steps".into(),
+        eval_steps: Some(2),
+        logging_steps: 2,
+        save_strategy: "no".into(),
+        ..args(dir.path())
+    };
+    let mut t = Trainer::new("text_generation", tiny_model(3, 0.0), a)
+        .unwrap()
+        .train_dataset(dataset(16, 9))
+        .unwrap()
+        .eval_dataset(dataset(8, 9))
+        .unwrap()
+        .compute_metrics(mindformers::trainer::accuracy)
+        .callback(mindformers::EarlyStopping::new(2).threshold(0.1));
+    let out = t.train().unwrap();
+    assert!(out.stopped_early);
+    assert_eq!(
+        out.global_step, 6,
+        "evaluations at 2 (best), 4 and 6 (no gain): stop"
+    );
+    let logs = read_metrics(dir.path());
+    let evals: Vec<_> = logs
+        .iter()
+        .filter(|l| l.get("eval_loss").is_some())
+        .collect();
+    assert_eq!(evals.len(), 3);
+    let acc = evals[0]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let train: Vec<_> = logs.iter().filter(|l| l.get("mfu").is_some()).collect();
+    assert!(train.iter().all(|l| l["mfu"].as_f64().unwrap() > 0.0));
+    let png = std::fs::read(out.plot.unwrap()).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(t.evaluate().unwrap().metrics.contains_key("accuracy"));
+}
+
+/// Asks for a checkpoint at one chosen step.
+struct SaveAt(usize);
+
+impl mindformers::Callback for SaveAt {
+    fn name(&self) -> &str {
+        "save_at"
+    }
+    fn on_step_end(&mut self, s: &mindformers::StepInfo, c: &mut mindformers::TrainerControl) {
+        c.should_save |= s.step == self.0;
+    }
+}
+
+#[test]
+fn callbacks_decide_saves_and_evaluation_needs_data() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new("text_generation", tiny_model(0, 0.0), args(dir.path()))
+        .unwrap()
+        .train_dataset(dataset(16, 9))
+        .unwrap()
+        .callback(SaveAt(7));
+    assert_eq!(t.remove_callback("checkpoint"), 1);
+    let out = t.train().unwrap();
+    let saved: Vec<usize> = mindformers::trainer::checkpoint::list(dir.path())
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(saved, vec![7]);
+    assert!(out.last_checkpoint.unwrap().ends_with("step_7"));
+    let err = Trainer::new(
+        "text_generation",
+        tiny_model(0, 0.0),
+        TrainingArguments {
+            evaluation_strategy: "epoch".into(),
+            ..args(dir.path())
+        },
+    )
+    .unwrap()
+    .train_dataset(dataset(16, 9))
+    .unwrap()
+    .train()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("eval_dataset"), "{err}");
+}
+
+#[test]
+fn model_by_name_or_config_dir() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = dir.path().join("tiny");
+    tiny_model(0, 0.0).save_pretrained(&cfg_dir).unwrap();
+    let a = TrainingArguments {
+        seed: 5,
+        ..args(&dir.path().join("out"))
+    };
+    let by_dir = |a: &TrainingArguments| {
+        Trainer::new("text_generation", cfg_dir.to_str().unwrap(), a.clone()).unwrap()
+    };
+    let (x, y) = (by_dir(&a), by_dir(&a));
+    // Built from config.json with fresh weights from args.seed: the same twice, not the saved ones.
+    let saved = GPT2LMHeadModel::from_dir(&cfg_dir).unwrap();
+    for (((n, p), (_, q)), (_, s)) in weights(x.model())
+        .iter()
+        .zip(weights(y.model()))
+        .zip(weights(&saved))
+    {
+        assert!(p.equal(&q), "{n}");
+        if p.dim() > 1 {
+            assert!(!p.equal(&s), "{n} should be freshly initialised");
+        }
+    }
+    assert_eq!(x.model().vocab_size(), 64);
+    let gpt2 = Trainer::new("text_generation", "gpt2", a.clone()).unwrap();
+    assert_eq!(gpt2.model().num_parameters(), 124_439_808);
+    let err = Trainer::new("text_generation", "gpt3", a)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("gpt3") && err.contains("gpt2"), "{err}");
+}

@@ -44,6 +44,17 @@ impl fmt::Display for Device {
 }
 
 impl Device {
+    /// The device of a libtorch tensor; devices this crate never creates (MPS, Vulkan) are errors.
+    pub fn from_tch(d: tch::Device) -> Result<Self> {
+        match d {
+            tch::Device::Cpu => Ok(Device::Cpu),
+            tch::Device::Cuda(i) => Ok(Device::Cuda(i)),
+            other => Err(MfError::Device(format!(
+                "{other:?} is not supported; use cpu or cuda"
+            ))),
+        }
+    }
+
     /// The libtorch device, or an error when the GPU is not there.
     pub fn to_tch(self) -> Result<tch::Device> {
         match self {
@@ -122,16 +133,6 @@ impl DType {
             _ => None,
         }
     }
-
-    /// Checks that the pair is usable: f16 matmuls on CPU are very slow and partly unsupported.
-    pub fn check_device(self, device: Device) -> Result<()> {
-        if self == DType::F16 && device == Device::Cpu {
-            return Err(invalid(
-                "f16 is supported on CUDA only; on CPU use --dtype bf16 or f32",
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -156,6 +157,5 @@ mod tests {
             let err = Device::Cuda(0).to_tch().unwrap_err().to_string();
             assert!(err.contains("no CUDA device"), "{err}");
         }
-        assert!(DType::F16.check_device(Device::Cpu).is_err());
     }
 }

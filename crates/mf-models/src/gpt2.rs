@@ -558,7 +558,6 @@ impl CausalLM for GPT2LMHeadModel {
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        dtype.check_device(device)?;
         self.vs.set_device(device.to_tch()?);
         // set_device/set_kind replace the data of each variable in place, so the handles held
         // by the layers see the change.

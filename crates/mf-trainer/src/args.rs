@@ -94,8 +94,15 @@ pub struct TrainingArguments {
     pub shuffle: bool,
     /// bf16 mixed precision (f32 master weights).
     pub bf16: bool,
-    /// fp16 mixed precision with dynamic loss scaling (CUDA only).
+    /// fp16 mixed precision with dynamic loss scaling (f32 master weights; meant for CUDA,
+    /// also runs, slowly, on CPU).
     pub fp16: bool,
+    /// fp16: the initial loss scale.
+    pub loss_scale_value: f64,
+    /// fp16: the factor the loss scale grows and backs off by.
+    pub loss_scale_factor: f64,
+    /// fp16: good steps in a row before the loss scale grows.
+    pub loss_scale_window: usize,
 }
 
 impl Default for TrainingArguments {
@@ -137,6 +144,9 @@ impl Default for TrainingArguments {
             shuffle: true,
             bf16: false,
             fp16: false,
+            loss_scale_value: 65536.0,
+            loss_scale_factor: 2.0,
+            loss_scale_window: 1000,
         }
     }
 }
@@ -196,6 +206,7 @@ impl TrainingArguments {
             ("logging_steps", self.logging_steps),
             ("save_steps", self.save_steps),
             ("sink_size", self.sink_size),
+            ("loss_scale_window", self.loss_scale_window),
         ] {
             if v == 0 {
                 return Err(invalid(format!("{name} must be at least 1")));
@@ -229,6 +240,18 @@ impl TrainingArguments {
             &self.evaluation_strategy,
             &["no", "steps", "epoch"],
         )?;
+        if !(self.loss_scale_value >= 1.0 && self.loss_scale_value.is_finite()) {
+            return Err(invalid(format!(
+                "loss_scale_value = {} must be a finite number >= 1",
+                self.loss_scale_value
+            )));
+        }
+        if !(self.loss_scale_factor > 1.0 && self.loss_scale_factor.is_finite()) {
+            return Err(invalid(format!(
+                "loss_scale_factor = {} must be a finite number > 1",
+                self.loss_scale_factor
+            )));
+        }
         if self.bf16 && self.fp16 {
             return Err(invalid("bf16 and fp16 are exclusive; pick one"));
         }

@@ -12,6 +12,7 @@ use crate::optim::Optimizer;
 
 /// What the trainer needs to continue exactly where it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainerState {
     /// Optimizer steps done.
     pub global_step: usize,
@@ -23,6 +24,8 @@ pub struct TrainerState {
     pub seed: u64,
     /// Logged losses so far, one per logged step.
     pub log_history: Vec<serde_json::Value>,
+    /// fp16's dynamic loss scale, when training in fp16.
+    pub loss_scaler: Option<crate::amp::LossScaler>,
 }
 
 /// The checkpoint directory of `step` under `output_dir`.
@@ -65,25 +68,70 @@ pub fn save(
         state.global_step,
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&tmp);
+    remove_leftovers(&root);
     model.save_pretrained(&tmp)?;
     save_safetensors(
         tmp.join("optimizer.safetensors"),
         &optim.state_tensors(),
         None,
     )?;
+    // trainer_state.json is what marks a checkpoint complete: it is written last.
     mf_core::config::write_json(tmp.join("trainer_state.json"), state)?;
+    sync_dir_files(&tmp)?;
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| MfError::io(&final_dir, e))?;
+        discard(&root, &final_dir)?;
     }
     std::fs::rename(&tmp, &final_dir).map_err(|e| MfError::io(&final_dir, e))?;
+    if let Ok(d) = std::fs::File::open(&root) {
+        let _ = d.sync_all();
+    }
     if let Some(keep) = keep {
         let all = list(output_dir);
         for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-            let _ = std::fs::remove_dir_all(old);
+            discard(&root, old)?;
         }
     }
     Ok(final_dir)
+}
+
+/// Flushes every file of a finished checkpoint to disk before it is renamed into place, so a
+/// crash of the machine cannot leave a `step_N` whose files are empty.
+fn sync_dir_files(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| MfError::io(dir, e))?
+        .flatten()
+    {
+        if e.path().is_file() {
+            std::fs::File::open(e.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|err| MfError::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a checkpoint by first renaming it out of the `step_N` namespace, so a process
+/// killed mid-delete leaves a hidden leftover, never a half-deleted `step_N`.
+fn discard(root: &Path, dir: &Path) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+    let trash = root.join(format!(
+        ".trash-{}-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&trash);
+    std::fs::rename(dir, &trash).map_err(|e| MfError::io(dir, e))?;
+    std::fs::remove_dir_all(&trash).map_err(|e| MfError::io(&trash, e))
+}
+
+/// Deletes temp and trash directories a killed run left behind.
+fn remove_leftovers(root: &Path) {
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(".tmp-step_") || name.starts_with(".trash-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Reads a checkpoint's trainer state.

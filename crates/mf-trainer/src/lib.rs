@@ -1,15 +1,24 @@
-//! The Trainer: `TrainingArguments`, optimizers, LR schedules, callbacks and checkpoints that
-//! resume exactly.
+//! The Trainer: `TrainingArguments`, optimizers, LR schedules, mixed precision, callbacks,
+//! metrics, checkpoints that resume exactly, and `mf run`'s MindFormers-style run configs.
+pub mod amp;
 pub mod args;
+pub mod callbacks;
 pub mod checkpoint;
+pub mod flops;
+pub mod metrics;
 pub mod optim;
 pub mod parallel;
+pub mod plot;
 pub mod schedule;
 pub mod trainer;
 
+pub use amp::LossScaler;
 pub use args::{ResumeFrom, TrainingArguments};
+pub use callbacks::{
+    Callback, CheckpointMonitor, EarlyStopping, EvalMetrics, EvalMonitor, Every, LogRecord,
+    LossMonitor, StepInfo, TrainBegin, TrainerControl,
+};
+pub use metrics::{accuracy, ComputeMetrics, EvalPrediction};
 pub use parallel::{ParallelConfig, RecomputeConfig};
 pub use schedule::{LrSchedule, LrSchedulerType};
-pub use trainer::{
-    Callback, DatasetArg, EvalMetrics, LogRecord, LossMonitor, TrainOutput, Trainer,
-};
+pub use trainer::{DatasetArg, IntoModel, TrainOutput, Trainer};

@@ -5,13 +5,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mf_core::checkpoint::SafeTensors;
-use mf_core::{invalid, MfError, Result};
+use mf_core::{invalid, DType, MfError, Result};
 use mf_data::{Batch, BatchedDataset, Dataset};
-use mf_models::{CausalLM, ForwardInput};
+use mf_models::{AutoConfig, AutoModel, CausalLM, ForwardInput};
 use tch::{Kind, Tensor};
 
+use crate::amp::LossScaler;
 use crate::args::{ResumeFrom, TrainingArguments};
+use crate::callbacks::{
+    Callback, CheckpointMonitor, EvalMetrics, EvalMonitor, LogRecord, LossMonitor, StepInfo,
+    TrainBegin, TrainerControl,
+};
 use crate::checkpoint::{self, TrainerState};
+use crate::metrics::{ComputeMetrics, EvalPrediction};
 use crate::optim::Optimizer;
 use crate::parallel::{ParallelConfig, RecomputeConfig};
 
@@ -52,105 +58,37 @@ impl From<Dataset> for DatasetArg {
     }
 }
 
-/// One logged training step.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LogRecord {
-    /// Fractional epoch.
-    pub epoch: f64,
-    /// Optimizer step (1-based).
-    pub step: usize,
-    /// Steps in the run.
-    pub total_steps: usize,
-    /// Mean loss over the steps since the last log.
-    pub loss: f64,
-    /// Learning rate used by this step.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Seconds per step since the last log.
-    pub step_time_s: f64,
-    /// Tokens per second since the last log.
-    pub tokens_per_s: f64,
-    /// Samples per second since the last log.
-    pub samples_per_s: f64,
+/// A model handed to the trainer: an instance, or (MindFormers' `model='gpt2'`) a preset name
+/// or a directory with `config.json`, built from its config with random weights seeded by
+/// `args.seed` (load pretrained weights with `finetune`).
+pub trait IntoModel {
+    /// The model, built if needed.
+    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>>;
 }
 
-/// Evaluation results.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct EvalMetrics {
-    /// Mean next-token cross-entropy.
-    pub eval_loss: f64,
-    /// exp(eval_loss).
-    pub perplexity: f64,
-    /// Batches evaluated.
-    pub batches: usize,
-}
-
-/// Hooks into the training loop.
-pub trait Callback {
-    /// A name, for `remove_callback`.
-    fn name(&self) -> &str;
-    /// After a logged step.
-    fn on_log(&mut self, _record: &LogRecord) {}
-    /// After every optimizer step (`step` is 1-based), with the step's loss.
-    fn on_step(&mut self, _step: usize, _total: usize, _loss: f64) {}
-    /// After a checkpoint was written.
-    fn on_save(&mut self, _dir: &Path) {}
-    /// After an evaluation; returning true stops training (early stopping).
-    fn on_evaluate(&mut self, _metrics: &EvalMetrics) -> bool {
-        false
+impl IntoModel for Box<dyn CausalLM> {
+    fn into_model(self, _args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
+        Ok(self)
     }
 }
 
-/// MindFormers' loss monitor: one line per logged step. On a terminal it also draws a progress
-/// bar with ETA on stderr and prints the lines above it; in logs and pipes, plain lines only.
-#[derive(Default)]
-pub struct LossMonitor {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl LossMonitor {
-    /// A loss monitor (the trainer installs one by default).
-    pub fn new() -> Self {
-        Self::default()
+impl<M: CausalLM + 'static> IntoModel for Box<M> {
+    fn into_model(self, _args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
+        Ok(self)
     }
 }
 
-impl Callback for LossMonitor {
-    fn name(&self) -> &str {
-        "loss_monitor"
+impl IntoModel for &str {
+    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
+        let config = AutoConfig::from_pretrained(self)?;
+        tch::manual_seed(args.seed as i64);
+        AutoModel::from_config(&config)
     }
-    fn on_step(&mut self, step: usize, total: usize, loss: f64) {
-        if self.bar.is_none() && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            return;
-        }
-        let bar = self.bar.get_or_insert_with(|| {
-            let b = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            ) {
-                b.set_style(style);
-            }
-            b
-        });
-        bar.set_position(step as u64);
-        bar.set_message(format!("loss {loss:.4}"));
-    }
-    fn on_log(&mut self, r: &LogRecord) {
-        let line = format!(
-            "epoch {:.2} step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} step_time {:.3}s tokens/s {:.0} samples/s {:.1}",
-            r.epoch, r.step, r.total_steps, r.loss, r.lr, r.grad_norm, r.step_time_s, r.tokens_per_s, r.samples_per_s
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.println(line);
-                if r.step == r.total_steps {
-                    bar.finish_and_clear();
-                    self.bar = None;
-                }
-            }
-            None => println!("{line}"),
-        }
+}
+
+impl IntoModel for String {
+    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
+        self.as_str().into_model(args)
     }
 }
 
@@ -163,6 +101,10 @@ pub struct TrainOutput {
     pub step_losses: Vec<f64>,
     /// The last checkpoint written, if any.
     pub last_checkpoint: Option<PathBuf>,
+    /// Whether a callback (early stopping) ended training before the last step.
+    pub stopped_early: bool,
+    /// Where the loss / learning-rate plot was written.
+    pub plot: Option<PathBuf>,
 }
 
 /// `Trainer(task, model, args, train_dataset, eval_dataset)`.
@@ -176,7 +118,11 @@ pub struct Trainer {
     tokenizer: Option<mf_tokenizers::Tokenizer>,
     parallel: ParallelConfig,
     recompute: RecomputeConfig,
+    compute_metrics: Option<ComputeMetrics>,
 }
+
+/// A batch's mean loss, its token count, and (on request) its logits with the labels.
+type BatchLoss = (Tensor, i64, Option<(Tensor, Tensor)>);
 
 fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<BatchedDataset> {
     match arg {
@@ -187,23 +133,45 @@ fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<Batche
 }
 
 impl Trainer {
-    /// A trainer for `task` over `model`.
-    pub fn new(task: &str, model: Box<dyn CausalLM>, args: TrainingArguments) -> Result<Self> {
+    /// A trainer for `task` over `model` (an instance, or a preset name / config directory).
+    /// Installs the default callbacks: `loss_monitor`, `checkpoint` and `evaluation`.
+    pub fn new(task: &str, model: impl IntoModel, args: TrainingArguments) -> Result<Self> {
         if !TASKS.contains(&task) {
             return Err(MfError::unknown("task", task, TASKS));
         }
         args.validate()?;
+        let model = model.into_model(&args)?;
         Ok(Trainer {
             task: task.to_string(),
             model,
             args,
             train_dataset: None,
             eval_dataset: None,
-            callbacks: vec![Box::new(LossMonitor::new())],
+            callbacks: vec![
+                Box::new(LossMonitor::new()),
+                Box::new(CheckpointMonitor::from_args()),
+                Box::new(EvalMonitor::new()),
+            ],
             tokenizer: None,
             parallel: ParallelConfig::default(),
             recompute: RecomputeConfig::default(),
+            compute_metrics: None,
         })
+    }
+
+    /// Metrics computed from the evaluation predictions, reported besides loss and perplexity.
+    pub fn compute_metrics(
+        mut self,
+        f: impl Fn(&EvalPrediction) -> Result<std::collections::BTreeMap<String, f64>> + 'static,
+    ) -> Self {
+        self.compute_metrics = Some(Box::new(f));
+        self
+    }
+
+    /// Adds a callback (builder style).
+    pub fn callback(mut self, cb: impl Callback + 'static) -> Self {
+        self.callbacks.push(Box::new(cb));
+        self
     }
 
     /// The tokenizer `predict` uses.
@@ -237,9 +205,11 @@ impl Trainer {
         &self.recompute
     }
 
-    /// Loads a checkpoint's weights (a `step_N` directory or any HF-format directory), then trains.
-    pub fn finetune(&mut self, checkpoint: &Path) -> Result<TrainOutput> {
-        self.model.load_weights(&SafeTensors::open(checkpoint)?)?;
+    /// Loads pretrained weights, then trains: `checkpoint` is a `step_N` directory, any
+    /// HF-format directory, or a preset name whose weights come from the cache / hub.
+    pub fn finetune(&mut self, checkpoint: impl AsRef<Path>) -> Result<TrainOutput> {
+        let dir = mf_models::auto::resolve_model_dir(&checkpoint.as_ref().to_string_lossy())?;
+        self.model.load_weights(&SafeTensors::open(&dir)?)?;
         self.train()
     }
 
@@ -313,8 +283,9 @@ impl Trainer {
         &self.task
     }
 
-    /// Next-token cross-entropy of a batch (`input_ids` of `seq_length + 1` tokens).
-    fn loss(&self, batch: &Batch, train: bool) -> Result<(Tensor, i64)> {
+    /// Next-token cross-entropy of a batch (`input_ids` of `seq_length + 1` tokens), the token
+    /// count, and (when `keep_logits`) the logits with the labels.
+    fn loss(&self, batch: &Batch, train: bool, keep_logits: bool) -> Result<BatchLoss> {
         let ids = batch.get("input_ids")?;
         let (b, l) = ids
             .size2()
@@ -341,7 +312,8 @@ impl Trainer {
             .reshape([-1, v])
             .to_kind(Kind::Float)
             .cross_entropy_for_logits(&labels.reshape([-1]));
-        Ok((loss, b * (l - 1)))
+        let kept = keep_logits.then_some((logits, labels));
+        Ok((loss, b * (l - 1), kept))
     }
 
     fn resume_dir(&self) -> Result<Option<PathBuf>> {
@@ -362,20 +334,14 @@ impl Trainer {
         }
     }
 
-    /// Trains from scratch, or from the checkpoint `args.resume_from_checkpoint` names.
+    /// Trains from scratch, or from the checkpoint `args.resume_from_checkpoint` names, and
+    /// draws the loss / learning-rate curve to `output_dir/loss_curve.png`.
     pub fn train(&mut self) -> Result<TrainOutput> {
         let data = self
             .train_dataset
             .clone()
             .ok_or_else(|| invalid("no train_dataset given"))?;
         let args = self.args.clone();
-        if args.fp16 {
-            return Err(invalid(if self.model.device() == tch::Device::Cpu {
-                "fp16 training needs CUDA; on CPU train in f32"
-            } else {
-                "fp16 mixed-precision training (dynamic loss scaling) is not available yet; train in f32"
-            }));
-        }
         if !self.parallel.is_single_device() {
             return Err(invalid(format!(
                 "the parallel layout (data_parallel={}, model_parallel={}, pipeline_stage={}, micro_batch_num={}, \
@@ -391,11 +357,42 @@ impl Trainer {
         if self.recompute.any() {
             return Err(invalid("recompute is not available yet; train without set_recompute_config(recompute/select_recompute)"));
         }
-        if args.bf16 {
-            return Err(invalid(
-                "bf16 mixed-precision training is not available yet; train in f32",
-            ));
+        let precision = if args.bf16 {
+            Some(DType::BF16)
+        } else if args.fp16 {
+            Some(DType::F16)
+        } else {
+            None
+        };
+        let Some(precision) = precision else {
+            return self.train_loop(&data, &args, &mut None);
+        };
+        let device = mf_core::Device::from_tch(self.model.device())?;
+        let original = self
+            .model
+            .parameters()
+            .first()
+            .and_then(|(_, t)| DType::from_kind(t.kind()))
+            .unwrap_or_default();
+        self.model.to(device, precision)?;
+        let mut optim = None;
+        let result = self.train_loop(&data, &args, &mut optim);
+        // The model leaves train() in its own dtype holding the f32 master values, as under
+        // autocast, whether training finished or failed.
+        let restored = self.model.to(device, original);
+        if let Some(o) = &optim {
+            o.copy_masters_to_model();
         }
+        restored?;
+        result
+    }
+
+    fn train_loop(
+        &mut self,
+        data: &BatchedDataset,
+        args: &TrainingArguments,
+        optim_slot: &mut Option<Optimizer>,
+    ) -> Result<TrainOutput> {
         let accum = args.gradient_accumulation_steps;
         let per_epoch = data.num_batches();
         if per_epoch < accum {
@@ -409,22 +406,34 @@ impl Trainer {
             .unwrap_or((args.num_train_epochs * steps_per_epoch as f64).ceil() as usize)
             .max(1);
         let schedule = args.schedule(total)?;
-        let mut optim = Optimizer::new(
+        let mixed = args.bf16 || args.fp16;
+        let build = if mixed {
+            Optimizer::with_master_weights
+        } else {
+            Optimizer::new
+        };
+        let optim = optim_slot.insert(build(
             &args.optim,
             self.model.parameters(),
             args.adam_beta1,
             args.adam_beta2,
             args.adam_epsilon,
             args.weight_decay,
-        )?;
+        )?);
         let mut state = TrainerState {
             seed: args.seed,
+            loss_scaler: args.fp16.then(|| LossScaler::from_args(args)),
             ..Default::default()
         };
         if let Some(dir) = self.resume_dir()? {
             state = checkpoint::load_state(&dir)?;
             self.model.load_weights(&SafeTensors::open(&dir)?)?;
             optim.load_state(&SafeTensors::open(dir.join("optimizer.safetensors"))?)?;
+            if !args.fp16 {
+                state.loss_scaler = None;
+            } else if state.loss_scaler.is_none() {
+                state.loss_scaler = Some(LossScaler::from_args(args));
+            }
             if args.ignore_data_skip {
                 state.micro_batches = (state.micro_batches / per_epoch) * per_epoch;
             }
@@ -437,17 +446,30 @@ impl Trainer {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| MfError::io(&metrics_path, e))?;
+        let compute_kind = self
+            .model
+            .parameters()
+            .first()
+            .map_or(Kind::Float, |(_, t)| t.kind());
+        let peak = crate::flops::matmul_peak_flops(self.model.device(), compute_kind);
+        let n_params = self.model.num_parameters();
+        let begin = TrainBegin {
+            args,
+            total_steps: total,
+            start_step: state.global_step,
+            has_eval_dataset: self.eval_dataset.is_some(),
+        };
+        for cb in &mut self.callbacks {
+            cb.on_train_begin(&begin)?;
+        }
         let data_seed = args.data_seed.unwrap_or(args.seed);
         let mut order_epoch = u64::MAX;
         let mut order: Vec<usize> = Vec::new();
         let mut step_losses = Vec::new();
         let mut last_checkpoint = None;
-        let (mut window_loss, mut window_steps, mut window_tokens, mut window_samples) = (
-            Tensor::zeros([], (Kind::Float, self.model.device())),
-            0usize,
-            0i64,
-            0i64,
-        );
+        let mut stopped_early = false;
+        let (mut window_loss, mut window_finite, mut window_steps) = (0.0f64, 0usize, 0usize);
+        let (mut window_tokens, mut window_samples) = (0i64, 0i64);
         let mut window_start = Instant::now();
         // Host-side callbacks run at sink boundaries: the logging interval rounds up to them.
         let log_every = if args.sink_mode {
@@ -456,6 +478,7 @@ impl Trainer {
             args.logging_steps
         };
         while state.global_step < total {
+            let scale = state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
             let mut step_loss = Tensor::zeros([], (Kind::Float, self.model.device()));
             for _ in 0..accum {
                 let epoch = (state.micro_batches / per_epoch) as u64;
@@ -470,49 +493,71 @@ impl Trainer {
                 // Dropout draws from libtorch's global generator: seeding it per micro-batch makes a
                 // resumed run draw exactly what the uninterrupted run drew.
                 tch::manual_seed(args.seed.wrapping_add(state.micro_batches as u64) as i64);
-                let (loss, tokens) = self.loss(&batch, true)?;
-                (&loss / accum as f64).backward();
+                let (loss, tokens, _) = self.loss(&batch, true, false)?;
+                (&loss * (scale / accum as f64)).backward();
                 step_loss += loss.detach() / accum as f64;
                 window_tokens += tokens;
                 window_samples += batch.size();
                 state.micro_batches += 1;
             }
-            let grad_norm = if args.use_clip_grad {
-                optim.clip_grad_norm(args.max_grad_norm)
-            } else {
-                optim.grad_norm()
+            optim.set_grad_scale(scale);
+            let grad_norm = optim.grad_norm();
+            let loss_value = step_loss.double_value(&[]);
+            let finite = loss_value.is_finite() && grad_norm.is_finite();
+            let applied = match &mut state.loss_scaler {
+                Some(scaler) => scaler.update(finite),
+                None if finite => true,
+                None => {
+                    return Err(invalid(format!(
+                        "loss became {loss_value} (grad norm {grad_norm}) at step {}; stopped before updating, the last checkpoint is intact. Lower learning_rate or enable use_clip_grad",
+                        state.global_step + 1
+                    )))
+                }
             };
             let lr = schedule.lr(state.global_step);
-            let loss_value = step_loss.double_value(&[]);
-            if !loss_value.is_finite() || !grad_norm.is_finite() {
-                return Err(invalid(format!(
-                    "loss became {loss_value} (grad norm {grad_norm}) at step {}; stopped before updating, the last checkpoint is intact. Lower learning_rate or enable use_clip_grad",
-                    state.global_step + 1
-                )));
+            if applied {
+                if args.use_clip_grad {
+                    optim.clip_to(grad_norm, args.max_grad_norm);
+                }
+                optim.step(lr);
             }
-            optim.step(lr);
             optim.zero_grad();
             state.global_step += 1;
             state.epoch = state.micro_batches as f64 / per_epoch as f64;
             step_losses.push(loss_value);
+            let info = StepInfo {
+                step: state.global_step,
+                total_steps: total,
+                epoch: state.epoch,
+                epoch_end: state.micro_batches % per_epoch < accum,
+                loss: loss_value,
+                applied,
+            };
+            let mut control = TrainerControl::default();
             for cb in &mut self.callbacks {
-                cb.on_step(state.global_step, total, loss_value);
+                cb.on_step_end(&info, &mut control);
             }
-            window_loss += step_loss;
+            if loss_value.is_finite() {
+                window_loss += loss_value;
+                window_finite += 1;
+            }
             window_steps += 1;
             let at_end = state.global_step == total;
             if state.global_step.is_multiple_of(log_every) || at_end {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+                let tokens_per_s = window_tokens as f64 / secs;
                 let rec = LogRecord {
                     epoch: state.epoch,
                     step: state.global_step,
                     total_steps: total,
-                    loss: window_loss.double_value(&[]) / window_steps as f64,
+                    loss: window_loss / window_finite.max(1) as f64,
                     lr,
                     grad_norm,
                     step_time_s: secs / window_steps as f64,
-                    tokens_per_s: window_tokens as f64 / secs,
+                    tokens_per_s,
                     samples_per_s: window_samples as f64 / secs,
+                    mfu: crate::flops::mfu(n_params, tokens_per_s, peak),
+                    loss_scale: state.loss_scaler.as_ref().map(|s| s.scale),
                 };
                 let line = serde_json::to_value(&rec).map_err(|e| invalid(e.to_string()))?;
                 writeln!(metrics, "{line}").map_err(|e| MfError::io(&metrics_path, e))?;
@@ -520,21 +565,15 @@ impl Trainer {
                 for cb in &mut self.callbacks {
                     cb.on_log(&rec);
                 }
-                window_loss = Tensor::zeros([], (Kind::Float, self.model.device()));
-                (window_steps, window_tokens, window_samples) = (0, 0, 0);
+                (window_loss, window_finite, window_steps) = (0.0, 0, 0);
+                (window_tokens, window_samples) = (0, 0);
                 window_start = Instant::now();
             }
-            let epoch_end = state.micro_batches % per_epoch < accum;
-            let save_now = match args.save_strategy.as_str() {
-                "steps" => state.global_step.is_multiple_of(args.save_steps) || at_end,
-                "epoch" => epoch_end || at_end,
-                _ => false,
-            };
-            if save_now {
+            if control.should_save {
                 let dir = checkpoint::save(
                     &out_dir,
                     self.model.as_ref(),
-                    &optim,
+                    optim,
                     &state,
                     args.save_total_limit,
                 )?;
@@ -543,34 +582,44 @@ impl Trainer {
                 }
                 last_checkpoint = Some(dir);
             }
-            let eval_now = match args.evaluation_strategy.as_str() {
-                "steps" => state
-                    .global_step
-                    .is_multiple_of(args.eval_steps.unwrap_or(args.logging_steps)),
-                "epoch" => epoch_end,
-                _ => false,
-            };
-            if eval_now && self.eval_dataset.is_some() {
+            if control.should_evaluate {
                 let m = self.evaluate()?;
-                let line = serde_json::json!({"step": state.global_step, "eval_loss": m.eval_loss, "perplexity": m.perplexity});
-                writeln!(metrics, "{line}").map_err(|e| MfError::io(&metrics_path, e))?;
-                let mut stop = false;
-                for cb in &mut self.callbacks {
-                    stop |= cb.on_evaluate(&m);
+                let mut line = serde_json::json!({"step": state.global_step, "eval_loss": m.eval_loss, "perplexity": m.perplexity});
+                for (k, v) in &m.metrics {
+                    line[k] = serde_json::json!(v);
                 }
-                if stop {
-                    break;
+                writeln!(metrics, "{line}").map_err(|e| MfError::io(&metrics_path, e))?;
+                for cb in &mut self.callbacks {
+                    cb.on_evaluate(state.global_step, &m, &mut control)?;
                 }
             }
+            if control.should_stop && !at_end {
+                stopped_early = true;
+                break;
+            }
         }
+        for cb in &mut self.callbacks {
+            cb.on_train_end(state.global_step);
+        }
+        drop(metrics);
+        let curves = crate::plot::Curves::read(&metrics_path)?;
+        let plot = if curves.train.is_empty() {
+            None
+        } else {
+            let png = out_dir.join("loss_curve.png");
+            crate::plot::write_png(&curves, &png)?;
+            Some(png)
+        };
         Ok(TrainOutput {
             global_step: state.global_step,
             step_losses,
             last_checkpoint,
+            stopped_early,
+            plot,
         })
     }
 
-    /// Loss and perplexity over the evaluation data.
+    /// Loss and perplexity over the evaluation data, plus `compute_metrics` if set.
     pub fn evaluate(&mut self) -> Result<EvalMetrics> {
         let data = self
             .eval_dataset
@@ -579,20 +628,43 @@ impl Trainer {
         let _g = tch::no_grad_guard();
         let order = data.dataset().order(0);
         let (mut total, mut tokens) = (0.0, 0i64);
+        let keep = self.compute_metrics.is_some();
+        let (mut preds, mut labels) = (Vec::new(), Vec::new());
         for i in 0..data.num_batches() {
             let batch = data.get_in(&order, i)?;
-            let (loss, n) = self.loss(&batch, false)?;
+            let (loss, n, kept) = self.loss(&batch, false, keep)?;
             total += loss.double_value(&[]) * n as f64;
             tokens += n;
+            if let Some((logits, l)) = kept {
+                preds.push(logits.argmax(-1, false).to_device(tch::Device::Cpu));
+                labels.push(l.to_device(tch::Device::Cpu));
+            }
         }
         if tokens == 0 {
             return Err(invalid("the evaluation data is empty"));
         }
         let eval_loss = total / tokens as f64;
+        let metrics = match &self.compute_metrics {
+            Some(f) => {
+                let cat = |v: &[Tensor]| {
+                    Tensor::f_cat(v, 0).map_err(|e| {
+                        invalid(format!(
+                            "compute_metrics needs evaluation batches of one sequence length: {e}"
+                        ))
+                    })
+                };
+                f(&EvalPrediction {
+                    predictions: cat(&preds)?,
+                    label_ids: cat(&labels)?,
+                })?
+            }
+            None => Default::default(),
+        };
         Ok(EvalMetrics {
             eval_loss,
             perplexity: eval_loss.exp(),
             batches: data.num_batches(),
+            metrics,
         })
     }
 }

@@ -21,5 +21,7 @@ pub fn format_outputs(outputs: &[TextGenerationOutput]) -> String {
 }
 pub use mf_data::{self as data, Batch, BatchedDataset, Column, Dataset, GeneratorDataset};
 pub use mf_trainer::{
-    self as trainer, Callback, EvalMetrics, LogRecord, TrainOutput, Trainer, TrainingArguments,
+    self as trainer, Callback, CheckpointMonitor, EarlyStopping, EvalMetrics, EvalMonitor,
+    EvalPrediction, LogRecord, LossMonitor, StepInfo, TrainOutput, Trainer, TrainerControl,
+    TrainingArguments,
 };

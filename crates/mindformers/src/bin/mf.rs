@@ -224,26 +224,11 @@ impl mindformers::Callback for StepClock {
     fn name(&self) -> &str {
         "step_clock"
     }
-    fn on_step(&mut self, _step: usize, _total: usize, _loss: f64) {
+    fn on_step_end(&mut self, _step: &mindformers::StepInfo, _c: &mut mindformers::TrainerControl) {
         if let Ok(mut t) = self.0.lock() {
             t.push(std::time::Instant::now());
         }
     }
-}
-
-/// The f32 matmul rate of this machine (best of a few 2048² products), the MFU denominator.
-fn matmul_peak_gflops() -> f64 {
-    let n = 2048i64;
-    let a = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
-    let b = tch::Tensor::randn([n, n], (tch::Kind::Float, tch::Device::Cpu));
-    let _ = a.mm(&b);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t0 = std::time::Instant::now();
-        let _ = a.mm(&b);
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    2.0 * (n as f64).powi(3) / best / 1e9
 }
 
 /// Peak resident memory of this process in MiB (VmHWM).
@@ -488,7 +473,9 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
-            let peak = matmul_peak_gflops();
+            let peak =
+                mindformers::trainer::flops::matmul_peak_flops(tch::Device::Cpu, tch::Kind::Float)
+                    / 1e9;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(0);
             let model = AutoModel::from_config(&cfg)?;
