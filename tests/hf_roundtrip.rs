@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use common::max_abs_diff;
 use mindformers::core::checkpoint::{save_safetensors, SafeTensors};
-use mindformers::{AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2LMHeadModel, ModelConfig};
+use mindformers::{AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2LMHeadModel};
 use tch::Tensor;
 
 #[test]
@@ -50,7 +50,10 @@ fn save_pretrained_round_trips_and_leaves_hf_files() {
 
     // The Auto classes read the same directory.
     let dir_str = dir.to_str().unwrap();
-    let ModelConfig::Gpt2(c) = AutoConfig::from_pretrained(dir_str).unwrap();
+    let c = AutoConfig::from_pretrained(dir_str)
+        .unwrap()
+        .into_gpt2()
+        .unwrap();
     assert_eq!(c.hidden_size, 16);
     assert_eq!(
         AutoModel::from_pretrained(dir_str)
@@ -62,12 +65,18 @@ fn save_pretrained_round_trips_and_leaves_hf_files() {
 
 #[test]
 fn presets_resolve_and_cache_errors_explain() {
-    let ModelConfig::Gpt2(c) = AutoConfig::from_pretrained("gpt2_13b").unwrap();
+    let c = AutoConfig::from_pretrained("gpt2_13b")
+        .unwrap()
+        .into_gpt2()
+        .unwrap();
     assert_eq!(
         (c.hidden_size, c.num_layers, c.num_heads, c.seq_length),
         (5120, 40, 40, 2048)
     );
-    let ModelConfig::Gpt2(c) = AutoConfig::from_pretrained("gpt2").unwrap();
+    let c = AutoConfig::from_pretrained("gpt2")
+        .unwrap()
+        .into_gpt2()
+        .unwrap();
     assert_eq!((c.hidden_size, c.num_layers, c.num_heads), (768, 12, 12));
     assert_eq!(c.hub_repo.as_deref(), Some("openai-community/gpt2"));
     let err = AutoConfig::from_pretrained("gpt5").unwrap_err().to_string();
@@ -82,8 +91,10 @@ fn presets_resolve_and_cache_errors_explain() {
         err.contains("unknown key(s) num_layer") && err.contains("num_layers"),
         "{err}"
     );
-    let ModelConfig::Gpt2(c) =
-        AutoConfig::from_pretrained_with("gpt2", &[("num_layers".into(), "2".into())]).unwrap();
+    let c = AutoConfig::from_pretrained_with("gpt2", &[("num_layers".into(), "2".into())])
+        .unwrap()
+        .into_gpt2()
+        .unwrap();
     assert_eq!(c.num_layers, 2);
 }
 

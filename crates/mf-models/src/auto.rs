@@ -6,6 +6,7 @@ use mf_core::{MfError, Result};
 use serde::Deserialize;
 
 use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
+use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
 
 /// Every preset: (name, TOML text).
@@ -23,13 +24,45 @@ const PRESETS: &[(&str, &str)] = &[
         "gpt2_52b",
         include_str!("../../../configs/gpt2/gpt2_52b.toml"),
     ),
+    (
+        "llama_7b",
+        include_str!("../../../configs/llama/llama_7b.toml"),
+    ),
+    (
+        "llama_13b",
+        include_str!("../../../configs/llama/llama_13b.toml"),
+    ),
+    (
+        "llama_65b",
+        include_str!("../../../configs/llama/llama_65b.toml"),
+    ),
+    (
+        "llama2_7b",
+        include_str!("../../../configs/llama/llama2_7b.toml"),
+    ),
+    (
+        "llama2_13b",
+        include_str!("../../../configs/llama/llama2_13b.toml"),
+    ),
+    (
+        "llama2_70b",
+        include_str!("../../../configs/llama/llama2_70b.toml"),
+    ),
+    (
+        "llama3_8b",
+        include_str!("../../../configs/llama/llama3_8b.toml"),
+    ),
+    (
+        "codellama_34b",
+        include_str!("../../../configs/llama/codellama_34b.toml"),
+    ),
 ];
 
 /// A preset file: family, hub repository and hyperparameters.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
-    /// Model family (`gpt2`).
+    /// Model family (`gpt2`, `llama`).
     pub model_type: String,
     /// Hugging Face repository with the weights, if published.
     pub hub_repo: Option<String>,
@@ -54,10 +87,15 @@ pub fn preset(name: &str) -> Result<Preset> {
 }
 
 /// A config of any supported family.
+// A config is built once per model, so the size of the larger variant costs nothing, and
+// unboxed variants keep `ModelConfig::Llama(c)` patterns plain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// GPT-2.
     Gpt2(GPT2Config),
+    /// LLaMA 1/2/3, CodeLlama and Qwen2 checkpoints.
+    Llama(LlamaConfig),
 }
 
 impl ModelConfig {
@@ -65,6 +103,21 @@ impl ModelConfig {
     pub fn into_gpt2(self) -> Result<GPT2Config> {
         match self {
             ModelConfig::Gpt2(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a gpt2 config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
+    /// The LLaMA config, or an error naming the actual family.
+    pub fn into_llama(self) -> Result<LlamaConfig> {
+        match self {
+            ModelConfig::Llama(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a llama config, got a {} config",
+                other.model_type()
+            ))),
         }
     }
 
@@ -72,6 +125,8 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Llama(c) if c.is_qwen2() => "qwen2",
+            ModelConfig::Llama(_) => "llama",
         }
     }
 }
@@ -79,7 +134,7 @@ impl ModelConfig {
 fn family_error(model_type: &str, origin: &str) -> MfError {
     MfError::config(
         origin,
-        format!("model_type '{model_type}' is not supported; supported: gpt2"),
+        format!("model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2"),
     )
 }
 
@@ -118,32 +173,19 @@ impl AutoConfig {
         }
         match p.model_type.as_str() {
             "gpt2" => {
-                let mut c: GPT2Config = p
-                    .config
-                    .clone()
-                    .try_into()
-                    .map_err(|e| MfError::config(&origin, e.to_string()))?;
-                if !c.extra.is_empty() {
-                    let known = serde_json::to_value(GPT2Config::default())
-                        .ok()
-                        .and_then(|v| {
-                            v.as_object()
-                                .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
-                        })
-                        .unwrap_or_default();
-                    return Err(MfError::config(
-                        &origin,
-                        format!(
-                            "unknown key(s) {}; valid keys: {known}",
-                            c.extra.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
+                let mut c = preset_config(&p.config, &origin, |c: &GPT2Config| &c.extra)?;
                 c.hub_repo = p.hub_repo.clone();
-                c.validate(&format!("preset {name_or_dir}"))?;
+                c.validate(&origin)?;
                 Ok(ModelConfig::Gpt2(c))
             }
-            other => Err(family_error(other, &format!("preset {name_or_dir}"))),
+            "llama" | "qwen2" => {
+                let mut c = preset_config(&p.config, &origin, |c: &LlamaConfig| &c.extra)?;
+                c.model_type = p.model_type.clone();
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::Llama(c))
+            }
+            other => Err(family_error(other, &origin)),
         }
     }
 
@@ -159,10 +201,45 @@ impl AutoConfig {
         let origin = path.display().to_string();
         match v.get("model_type").and_then(|m| m.as_str()) {
             Some("gpt2") => Ok(ModelConfig::Gpt2(GPT2Config::from_json_file(path)?)),
+            Some("llama" | "qwen2") => Ok(ModelConfig::Llama(LlamaConfig::from_json_file(path)?)),
             Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
     }
+}
+
+/// A preset's `[config]` table as a family config; keys the family does not know are errors
+/// (a typo would otherwise silently keep the default).
+fn preset_config<T>(
+    table: &toml::Table,
+    origin: &str,
+    extra: fn(&T) -> &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + Default,
+{
+    let c: T = table
+        .clone()
+        .try_into()
+        .map_err(|e| MfError::config(origin, e.to_string()))?;
+    let unknown = extra(&c);
+    if !unknown.is_empty() {
+        let known = serde_json::to_value(T::default())
+            .ok()
+            .and_then(|v| {
+                v.as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+            })
+            .unwrap_or_default();
+        return Err(MfError::config(
+            origin,
+            format!(
+                "unknown key(s) {}; valid keys: {known}",
+                unknown.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(c)
 }
 
 /// The directory holding a model's files: the directory itself, or the preset's weights in
@@ -190,6 +267,7 @@ impl AutoModel {
         let dir = resolve_model_dir(name_or_dir)?;
         match AutoConfig::from_json_file(&dir.join("config.json"))? {
             ModelConfig::Gpt2(_) => Ok(Box::new(GPT2LMHeadModel::from_dir(&dir)?)),
+            ModelConfig::Llama(_) => Ok(Box::new(LlamaForCausalLM::from_dir(&dir)?)),
         }
     }
 
@@ -197,6 +275,7 @@ impl AutoModel {
     pub fn from_config(config: &ModelConfig) -> Result<Box<dyn CausalLM>> {
         match config {
             ModelConfig::Gpt2(c) => Ok(Box::new(GPT2LMHeadModel::new(c)?)),
+            ModelConfig::Llama(c) => Ok(Box::new(LlamaForCausalLM::new(c)?)),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! mindformers-rs: MindFormers' high-level API for Rust.
 //!
 //! - AutoClass: [`AutoConfig`], [`AutoModel`], [`AutoTokenizer`], [`AutoProcessor`]
-//! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], generation with [`GenerationConfig`]
+//! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], [`LlamaConfig`], [`LlamaForCausalLM`],
+//!   generation with [`GenerationConfig`]
 //! - Pipelines: [`pipeline`]`("text_generation")`
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 pub use mf_core::{self as core, DType, Device, MfError, Result};
 pub use mf_models::{
     self as models, generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2Config,
-    GPT2LMHeadModel, GenerationConfig, GenerationOverrides, ModelConfig, Streamer, TextStreamer,
+    GPT2LMHeadModel, GenerationConfig, GenerationOverrides, LlamaConfig, LlamaForCausalLM,
+    ModelConfig, Streamer, TextStreamer,
 };
 pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
 pub use mf_tokenizers::{

@@ -43,31 +43,117 @@ pub fn attention_mask(
 }
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` through libtorch's fused kernel, with attention dropout
-/// `dropout` (0 at inference).
+/// `dropout` (0 at inference). `k`/`v` may have fewer heads than `q` (grouped-query
+/// attention): each kv head then serves `q_heads / kv_heads` consecutive query heads, without
+/// materialising repeated keys.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, dropout: f64) -> Tensor {
-    match mask {
-        AttnMask::None => Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            None::<&Tensor>,
-            dropout,
-            false,
-            None,
-            false,
-        ),
-        AttnMask::Causal => Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            None::<&Tensor>,
-            dropout,
-            true,
-            None,
-            false,
-        ),
-        AttnMask::Explicit(m) => {
-            Tensor::scaled_dot_product_attention(q, k, v, Some(m), dropout, false, None, false)
+    let gqa = q.size().get(1) != k.size().get(1);
+    let (m, causal) = match mask {
+        AttnMask::None => (None, false),
+        AttnMask::Causal => (None, true),
+        AttnMask::Explicit(m) => (Some(m), false),
+    };
+    Tensor::scaled_dot_product_attention(q, k, v, m, dropout, causal, None, gqa)
+}
+
+/// How one tensor-parallel rank holds the heads of a grouped-query attention layer.
+///
+/// Query heads split evenly over the ranks. Key/value heads split too while there are at
+/// least as many as ranks; with more ranks than kv heads, each kv head is replicated on
+/// `world_size / kv_heads` consecutive ranks, which are exactly the ranks whose query heads
+/// read it, so attention stays rank-local either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadShard {
+    /// Query heads on this rank.
+    pub q_heads: usize,
+    /// Key/value heads on this rank.
+    pub kv_heads: usize,
+    /// Global index of this rank's first key/value head (which rows of k_proj/v_proj it holds).
+    pub kv_head_offset: usize,
+    /// How many ranks hold a copy of each of this rank's kv heads (1 when they are split).
+    pub kv_replicas: usize,
+}
+
+impl HeadShard {
+    /// Plans rank `rank` of `world_size` for `num_heads` query heads and `num_kv_heads`
+    /// key/value heads.
+    pub fn plan(
+        num_heads: usize,
+        num_kv_heads: usize,
+        rank: usize,
+        world_size: usize,
+    ) -> mf_core::Result<Self> {
+        use mf_core::invalid;
+        if num_heads == 0 || num_kv_heads == 0 || world_size == 0 || rank >= world_size {
+            return Err(invalid(format!(
+                "cannot shard {num_heads} heads / {num_kv_heads} kv heads for rank {rank} of \
+                 {world_size}"
+            )));
         }
+        if !num_heads.is_multiple_of(num_kv_heads) {
+            return Err(invalid(format!(
+                "num_attention_heads {num_heads} is not divisible by num_key_value_heads \
+                 {num_kv_heads}"
+            )));
+        }
+        if !num_heads.is_multiple_of(world_size) {
+            return Err(invalid(format!(
+                "{num_heads} attention heads do not split over {world_size} tensor-parallel ranks"
+            )));
+        }
+        let q_heads = num_heads / world_size;
+        if num_kv_heads >= world_size {
+            if !num_kv_heads.is_multiple_of(world_size) {
+                return Err(invalid(format!(
+                    "{num_kv_heads} kv heads do not split over {world_size} tensor-parallel ranks"
+                )));
+            }
+            let kv_heads = num_kv_heads / world_size;
+            return Ok(HeadShard {
+                q_heads,
+                kv_heads,
+                kv_head_offset: rank * kv_heads,
+                kv_replicas: 1,
+            });
+        }
+        if !world_size.is_multiple_of(num_kv_heads) {
+            return Err(invalid(format!(
+                "{num_kv_heads} kv heads cannot be replicated evenly over {world_size} \
+                 tensor-parallel ranks"
+            )));
+        }
+        let replicas = world_size / num_kv_heads;
+        Ok(HeadShard {
+            q_heads,
+            kv_heads: 1,
+            kv_head_offset: rank / replicas,
+            kv_replicas: replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadShard;
+
+    #[test]
+    fn gqa_heads_split_or_replicate() {
+        // 64 q / 8 kv heads (LLaMA-2 70B) over 4 ranks: two kv heads per rank.
+        let s = HeadShard::plan(64, 8, 3, 4).unwrap();
+        assert_eq!(
+            (s.q_heads, s.kv_heads, s.kv_head_offset, s.kv_replicas),
+            (16, 2, 6, 1)
+        );
+        // Over 16 ranks: each kv head lives on the two ranks whose 4 q heads read it.
+        for rank in 0..16 {
+            let s = HeadShard::plan(64, 8, rank, 16).unwrap();
+            assert_eq!((s.q_heads, s.kv_heads, s.kv_replicas), (4, 1, 2));
+            let first_q = rank * s.q_heads;
+            assert_eq!(s.kv_head_offset, first_q / (64 / 8));
+        }
+        assert!(HeadShard::plan(32, 6, 0, 1).is_err());
+        assert!(HeadShard::plan(64, 8, 0, 3).is_err());
+        assert!(HeadShard::plan(48, 3, 0, 6).is_ok());
+        assert!(HeadShard::plan(48, 6, 0, 4).is_err());
     }
 }

@@ -29,13 +29,7 @@ impl TensorParallel {
 
     /// Checks that `dim` splits evenly and that a communicator exists for `world_size > 1`.
     pub fn shard(&self, dim: usize, what: &str) -> Result<usize> {
-        if self.world_size != 1 {
-            return Err(invalid(format!(
-                "tensor parallel world size {} for {what}: no communicator is attached \
-                 (model_parallel > 1 needs the parallel runtime)",
-                self.world_size
-            )));
-        }
+        self.require_communicator(what)?;
         if !dim.is_multiple_of(self.world_size) {
             return Err(invalid(format!(
                 "{what}: dimension {dim} does not split over {} ranks",
@@ -43,6 +37,18 @@ impl TensorParallel {
             )));
         }
         Ok(dim / self.world_size)
+    }
+
+    /// Fails for `world_size > 1` until the parallel runtime attaches a communicator.
+    pub fn require_communicator(&self, what: &str) -> Result<()> {
+        if self.world_size != 1 {
+            return Err(invalid(format!(
+                "tensor parallel world size {} for {what}: no communicator is attached \
+                 (model_parallel > 1 needs the parallel runtime)",
+                self.world_size
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -107,6 +113,27 @@ impl ColumnParallelLinear {
         init_std: f64,
     ) -> Result<Self> {
         let out = tp.shard(out_features, "column-parallel output features")? as i64;
+        Ok(ColumnParallelLinear {
+            weight: make_weight(p, layout, in_features as i64, out, init_std),
+            bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
+            layout,
+        })
+    }
+
+    /// Creates `in_features -> local_out` where the caller planned this rank's slice itself,
+    /// because it is not an even split of the full output: grouped-query k/v projections
+    /// replicate one kv head on several ranks when the world size exceeds the kv heads.
+    pub fn with_local_out(
+        p: &Path,
+        in_features: usize,
+        local_out: usize,
+        bias: bool,
+        layout: WeightLayout,
+        tp: TensorParallel,
+        init_std: f64,
+    ) -> Result<Self> {
+        tp.require_communicator("column-parallel output features")?;
+        let out = local_out as i64;
         Ok(ColumnParallelLinear {
             weight: make_weight(p, layout, in_features as i64, out, init_std),
             bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),

@@ -4,8 +4,10 @@ pub mod attention;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;
+pub mod rotary;
 
-pub use attention::{attention_mask, sdpa, AttnMask};
+pub use attention::{attention_mask, sdpa, AttnMask, HeadShard};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
-pub use norm::LayerNorm;
+pub use norm::{LayerNorm, RmsNorm};
+pub use rotary::{apply_rotary, RopeScaling, RotaryEmbedding};

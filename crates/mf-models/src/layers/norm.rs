@@ -1,6 +1,6 @@
 //! Normalisation layers.
 use tch::nn::{Init, Path};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// LayerNorm with HF parameter names `weight` and `bias`.
 #[derive(Debug)]
@@ -31,5 +31,32 @@ impl LayerNorm {
             self.eps,
             true,
         )
+    }
+}
+
+/// RMSNorm (LLaMA, T5) with the HF parameter name `weight`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// An RMSNorm over the last `dim` features (weight 1).
+    pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
+        RmsNorm {
+            weight: p.var("weight", &[dim as i64], Init::Const(1.0)),
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension. The statistics are taken in f32 and the result is cast
+    /// back before the weight is applied, exactly as transformers' `LlamaRMSNorm`, so bf16
+    /// and f16 runs round the same way.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let y = xf * (var + self.eps).rsqrt();
+        &self.weight * y.to_kind(x.kind())
     }
 }
