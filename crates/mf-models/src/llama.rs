@@ -943,7 +943,6 @@ impl CausalLM for LlamaForCausalLM {
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        dtype.check_device(device)?;
         let dev = device.to_tch()?;
         self.vs.set_device(dev);
         // set_device/set_kind replace each variable's data in place, so the layers' handles
