@@ -95,5 +95,8 @@ fn main() -> mindformers::Result<()> {
         ckpt.display(),
         output.join("metrics.jsonl").display()
     );
+    if let Some(plot) = out.plot {
+        println!("plot:       {}", plot.display());
+    }
     Ok(())
 }

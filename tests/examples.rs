@@ -122,6 +122,7 @@ fn train_then_generate_demo_runs_end_to_end() {
         ],
     );
     assert!(stdout.contains("step 4/4"), "{stdout}");
+    assert!(stdout.contains("plot:"), "{stdout}");
     assert!(
         stdout.contains("[{'text_generation_text': ['An increasing sequence: one, two,"),
         "{stdout}"
@@ -160,4 +161,68 @@ fn seed_trainer_examples_run() {
         stdout.contains("trained 2 steps") && stdout.contains("eval_loss"),
         "{stdout}"
     );
+}
+
+#[test]
+fn seed_preset_task_example_trains_on_prepared_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/corpus/counting.txt"),
+    )
+    .unwrap();
+    let text: String = corpus.lines().take(6).map(|l| format!("{l}\n")).collect();
+    std::fs::write(d.join("corpus.txt"), text).unwrap();
+    let mut samples = 0;
+    for split in ["train", "eval"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mf"))
+            .current_dir(d)
+            .args([
+                "data",
+                "prepare",
+                "--tokenizer",
+                "gpt2",
+                "--seq-length",
+                "16",
+            ])
+            .args(["--output", split, "corpus.txt"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{stdout}");
+        // "wrote T tokens (S samples of 17 tokens) ..."
+        samples = stdout
+            .split_once(" tokens (")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap();
+    }
+    common::write_small_gpt2(&d.join("tiny"), 0);
+    let run_in = |cwd: &Path| {
+        Command::new(example_bin("trainer_preset_task"))
+            .current_dir(cwd)
+            .env("MF_EXAMPLE_MODEL", d.join("tiny"))
+            .output()
+            .unwrap()
+    };
+    let out = run_in(d);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 3 epochs of floor(samples / 2) batches (batch_size=2, the last partial batch dropped).
+    let steps = 3 * (samples / 2);
+    assert!(
+        stdout.contains(&format!("trained {steps} steps")),
+        "{stdout}"
+    );
+    assert!(d
+        .join(format!("output/checkpoint/step_{steps}/model.safetensors"))
+        .is_file());
+    let empty = tempfile::tempdir().unwrap();
+    let out = run_in(empty.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mf data prepare"));
 }

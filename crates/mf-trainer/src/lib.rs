@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod run_config;
+pub mod runner;
 pub mod schedule;
 pub mod trainer;
 
@@ -20,5 +22,6 @@ pub use callbacks::{
 };
 pub use metrics::{accuracy, ComputeMetrics, EvalPrediction};
 pub use parallel::{ParallelConfig, RecomputeConfig};
+pub use run_config::RunConfig;
 pub use schedule::{LrSchedule, LrSchedulerType};
 pub use trainer::{DatasetArg, IntoModel, TrainOutput, Trainer};

@@ -107,6 +107,23 @@ pub fn write_png(curves: &Curves, out: &Path) -> Result<()> {
         .map_err(|e| err(&e))?
         .label("train")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+    // Markers keep a curve of one logged point visible.
+    loss_chart
+        .draw_series(
+            curves
+                .train
+                .iter()
+                .map(|p| Circle::new((p.0, p.1), 3, BLUE.filled())),
+        )
+        .map_err(|e| err(&e))?;
+    loss_chart
+        .draw_series(
+            curves
+                .eval
+                .iter()
+                .map(|p| Circle::new((p.0, p.1), 3, RED.filled())),
+        )
+        .map_err(|e| err(&e))?;
     if !curves.eval.is_empty() {
         loss_chart
             .draw_series(LineSeries::new(curves.eval.iter().copied(), &RED))
@@ -139,6 +156,14 @@ pub fn write_png(curves: &Curves, out: &Path) -> Result<()> {
             curves.train.iter().map(|p| (p.0, p.2)),
             &GREEN,
         ))
+        .map_err(|e| err(&e))?;
+    lr_chart
+        .draw_series(
+            curves
+                .train
+                .iter()
+                .map(|p| Circle::new((p.0, p.2), 3, GREEN.filled())),
+        )
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())

@@ -273,6 +273,11 @@ impl Trainer {
         self.model.as_ref()
     }
 
+    /// The model being trained, mutably (to load weights before training).
+    pub fn model_mut(&mut self) -> &mut dyn CausalLM {
+        self.model.as_mut()
+    }
+
     /// The arguments.
     pub fn args(&self) -> &TrainingArguments {
         &self.args

@@ -138,6 +138,24 @@ enum Cmd {
     },
     /// List model presets.
     Presets,
+    /// Run a MindFormers-style run config (the counterpart of run_mindformer.py).
+    Run {
+        /// The run config (TOML), e.g. configs/gpt2/run_gpt2.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// train, finetune, eval or predict (overrides the config's run_mode).
+        #[arg(long)]
+        run_mode: Option<String>,
+        /// Weights to start from (overrides load_checkpoint): a checkpoint, an HF directory or a preset.
+        #[arg(long)]
+        load_checkpoint: Option<String>,
+        /// Override a config value: section.key=value (TOML syntax), repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Input text for run_mode predict, repeatable.
+        #[arg(long)]
+        predict_data: Vec<String>,
+    },
     /// Measure Trainer throughput on random tokens (one JSON line; see `cargo xtask bench train`).
     BenchTrain {
         /// Preset name.
@@ -536,6 +554,22 @@ fn run(cli: Cli) -> Result<()> {
                 "threads": tch::get_num_threads(),
             });
             writeln!(out, "{v}")?;
+        }
+        Cmd::Run {
+            config,
+            run_mode,
+            load_checkpoint,
+            mut sets,
+            predict_data,
+        } => {
+            if let Some(m) = run_mode {
+                sets.push(format!("run_mode=\"{m}\""));
+            }
+            if let Some(c) = load_checkpoint {
+                sets.push(format!("load_checkpoint=\"{c}\""));
+            }
+            let cfg = mindformers::trainer::RunConfig::load(&config, &sets)?;
+            mindformers::trainer::runner::run(&cfg, &predict_data, &mut out)?;
         }
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {

@@ -1,0 +1,228 @@
+//! `mf run`: builds the model, tokenizer, datasets and Trainer a [`RunConfig`] describes and
+//! runs its mode (train, finetune, eval, predict).
+use std::io::Write;
+
+use mf_core::checkpoint::SafeTensors;
+use mf_core::{invalid, DType, MfError, Result};
+use mf_models::{AutoConfig, AutoModel, CausalLM, GenerationOverrides};
+use mf_tokenizers::{AutoTokenizer, Tokenizer};
+
+use crate::run_config::{DatasetSection, RunConfig};
+use crate::trainer::{DatasetArg, Trainer};
+
+/// Checks a class name from the config (`GPT2Config`, `LlamaForCausalLM`) against the preset's
+/// family, so a config that names one family and a preset of another is caught.
+fn check_class(field: &str, class: Option<&toml::Value>, model_type: &str) -> Result<()> {
+    let Some(class) = class else { return Ok(()) };
+    let name = class
+        .as_str()
+        .ok_or_else(|| invalid(format!("{field} must be a string")))?;
+    if name.to_ascii_lowercase().starts_with(model_type) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{field} = '{name}' does not belong to the {model_type} family of trainer.model_name; fix one of them"
+        )))
+    }
+}
+
+/// The model the config describes: the preset's config with `model_config` keys over it,
+/// randomly initialised from `seed`, on the context's device.
+pub fn build_model(cfg: &RunConfig) -> Result<Box<dyn CausalLM>> {
+    let sets: Vec<(String, String)> = cfg
+        .model
+        .model_config
+        .iter()
+        .filter(|(k, _)| k.as_str() != "type")
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let config = AutoConfig::from_pretrained_with(&cfg.trainer.model_name, &sets)?;
+    let family = config.model_type();
+    check_class(
+        "model.model_config.type",
+        cfg.model.model_config.get("type"),
+        family,
+    )?;
+    check_class("model.arch.type", cfg.model.arch.get("type"), family)?;
+    if let Some(k) = cfg.model.arch.keys().find(|k| k.as_str() != "type") {
+        return Err(invalid(format!(
+            "model.arch.{k}: arch takes only `type`; model settings go in model.model_config"
+        )));
+    }
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = AutoModel::from_config(&config)?;
+    model.to(cfg.context.device()?, DType::F32)?;
+    Ok(model)
+}
+
+/// The tokenizer: `processor.tokenizer.path` (a preset name or directory), else the preset's.
+pub fn build_tokenizer(cfg: &RunConfig) -> Result<Tokenizer> {
+    let t = &cfg.processor.tokenizer;
+    if let Some(k) = t.keys().find(|k| !["type", "path"].contains(&k.as_str())) {
+        return Err(invalid(format!(
+            "processor.tokenizer.{k}: expected only `type` and `path` (a preset name or a tokenizer directory)"
+        )));
+    }
+    let path = match t.get("path") {
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| invalid("processor.tokenizer.path must be a string"))?
+            .to_string(),
+        None => cfg.trainer.model_name.clone(),
+    };
+    AutoTokenizer::from_pretrained(&path)
+}
+
+fn dataset(
+    section: &DatasetSection,
+    which: &str,
+    tokenizer: &Tokenizer,
+    model: &dyn CausalLM,
+) -> Result<DatasetArg> {
+    if section.input_columns != ["input_ids"] {
+        return Err(invalid(format!(
+            "{which}.input_columns = {:?}: the text_generation task reads [\"input_ids\"]",
+            section.input_columns
+        )));
+    }
+    let l = &section.data_loader;
+    let data = match l.kind.as_str() {
+        "TokenShards" => {
+            if l.dataset_dir.is_empty() {
+                return Err(invalid(format!(
+                    "{which}.data_loader.dataset_dir is empty: make one with `mf data prepare` and set it (e.g. --set {which}.data_loader.dataset_dir=./train)"
+                )));
+            }
+            mf_data::shards::open(std::path::Path::new(&l.dataset_dir))?
+        }
+        "TextFiles" => {
+            let files = RunConfig::text_files(l)?;
+            let seq = l.seq_length.or(model.max_positions()).ok_or_else(|| {
+                invalid(format!(
+                    "{which}.data_loader.seq_length is needed: this model has no fixed context length"
+                ))
+            })?;
+            let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+            mf_data::corpus::packed_dataset(&refs, tokenizer, seq)?
+        }
+        other => {
+            return Err(invalid(format!(
+                "{which}.data_loader.type = '{other}': expected TokenShards (a directory from `mf data prepare`) or TextFiles"
+            )))
+        }
+    };
+    Ok(DatasetArg::Unbatched(match section.num_samples {
+        Some(n) => data.take(n),
+        None => data,
+    }))
+}
+
+/// Where pretrained weights come from for finetune / eval / predict.
+fn weights_source(cfg: &RunConfig) -> &str {
+    if cfg.load_checkpoint.is_empty() {
+        &cfg.trainer.model_name
+    } else {
+        &cfg.load_checkpoint
+    }
+}
+
+/// Runs the config's mode, writing a human-readable report to `out`.
+pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Result<()> {
+    let io = |e: std::io::Error| MfError::Io {
+        path: "stdout".into(),
+        source: e,
+    };
+    let args = cfg.training_arguments()?;
+    let tokenizer = build_tokenizer(cfg)?;
+    let model = build_model(cfg)?;
+    let mode = cfg.run_mode.as_str();
+    if mode != "train" && mode != "finetune" && cfg.resume_training {
+        return Err(invalid(format!(
+            "resume_training applies to train and finetune, not {mode}"
+        )));
+    }
+    let mut train = None;
+    let mut eval = None;
+    if let Some(d) = &cfg.train_dataset {
+        train = Some(dataset(d, "train_dataset", &tokenizer, model.as_ref())?);
+    }
+    if let Some(d) = &cfg.eval_dataset {
+        eval = Some(dataset(d, "eval_dataset", &tokenizer, model.as_ref())?);
+    }
+    let mut trainer = Trainer::new("text_generation", model, args.clone())?.tokenizer(tokenizer);
+    if cfg.metric.as_ref().is_some_and(|m| m.kind == "Accuracy") {
+        trainer = trainer.compute_metrics(crate::metrics::accuracy);
+    }
+    trainer.set_parallel_config(cfg.parallel_config.clone())?;
+    trainer.set_recompute_config(cfg.recompute_config.clone())?;
+    if let Some(e) = eval {
+        trainer = trainer.eval_dataset(e)?;
+    }
+    match mode {
+        "train" | "finetune" => {
+            let data = train.ok_or_else(|| {
+                invalid(format!("run_mode {mode} needs a [train_dataset] section"))
+            })?;
+            trainer = trainer.train_dataset(data)?;
+            let resuming = args.resume_from_checkpoint.is_some();
+            let result = if mode == "finetune" && !resuming {
+                trainer.finetune(weights_source(cfg))?
+            } else {
+                if mode == "train" && !cfg.load_checkpoint.is_empty() && !resuming {
+                    let dir = mf_models::auto::resolve_model_dir(&cfg.load_checkpoint)?;
+                    trainer
+                        .model_mut()
+                        .load_weights(&SafeTensors::open(&dir)?)?;
+                }
+                trainer.train()?
+            };
+            writeln!(
+                out,
+                "{mode}: {} steps done{}",
+                result.global_step,
+                if result.stopped_early {
+                    " (stopped early)"
+                } else {
+                    ""
+                }
+            )
+            .map_err(io)?;
+            if let Some(c) = &result.last_checkpoint {
+                writeln!(out, "checkpoint: {}", c.display()).map_err(io)?;
+            }
+            let metrics = std::path::Path::new(&args.output_dir).join("metrics.jsonl");
+            writeln!(out, "metrics: {}", metrics.display()).map_err(io)?;
+            if let Some(p) = &result.plot {
+                writeln!(out, "plot: {}", p.display()).map_err(io)?;
+            }
+        }
+        "eval" => {
+            let dir = mf_models::auto::resolve_model_dir(weights_source(cfg))?;
+            trainer
+                .model_mut()
+                .load_weights(&SafeTensors::open(&dir)?)?;
+            let m = trainer.evaluate()?;
+            let mut v = serde_json::json!({"eval_loss": m.eval_loss, "perplexity": m.perplexity, "batches": m.batches});
+            for (k, x) in &m.metrics {
+                v[k] = serde_json::json!(x);
+            }
+            writeln!(out, "{v}").map_err(io)?;
+        }
+        "predict" => {
+            if predict_data.is_empty() {
+                return Err(invalid(
+                    "run_mode predict needs input text: --predict-data \"An increasing sequence: one,\"",
+                ));
+            }
+            let dir = mf_models::auto::resolve_model_dir(weights_source(cfg))?;
+            trainer
+                .model_mut()
+                .load_weights(&SafeTensors::open(&dir)?)?;
+            for text in trainer.predict(predict_data, &GenerationOverrides::default())? {
+                writeln!(out, "{text}").map_err(io)?;
+            }
+        }
+        other => return Err(invalid(format!("run_mode '{other}' is not supported"))),
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! `mf run` on MindFormers-style run configs: train / eval / predict / finetune, one-line
+//! errors, and a process killed at random moments (often mid-save) never leaves a checkpoint
+//! that resume would pick and fail on.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use mindformers::core::checkpoint::SafeTensors;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `mf run` on the counting config (paths in it are relative to the repository root), with
+/// its output under `out` and a short schedule.
+fn mf_run(out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mf"));
+    c.current_dir(root())
+        .args(["run", "--config", "configs/gpt2/run_gpt2_counting.toml"])
+        .args(["--set", &format!("output_dir=\"{}\"", out.display())])
+        .args(["--set", "eval_dataset.num_samples=8"])
+        .args(args)
+        .env("MF_OFFLINE", "1")
+        .env("MF_HOME", out.join("no-cache"));
+    c
+}
+
+fn success(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn failure_line(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    err
+}
+
+const SHORT: &[&str] = &[
+    "--set",
+    "lr_schedule.total_steps=6",
+    "--set",
+    "eval_step_interval=3",
+    "--set",
+    "callbacks=[{type=\"MFLossMonitor\", per_print_times=2}, {type=\"CheckpointMonitor\", save_checkpoint_steps=3}]",
+];
+
+#[test]
+fn train_eval_predict_and_finetune() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let stdout = success(mf_run(&out, SHORT).output().unwrap());
+    assert!(stdout.contains("step 6/6"), "{stdout}");
+    assert!(stdout.contains("eval at step 3: eval_loss"), "{stdout}");
+    assert!(stdout.contains("train: 6 steps done"), "{stdout}");
+    let ckpt = out.join("checkpoint/step_6");
+    assert!(
+        stdout.contains(&format!("checkpoint: {}", ckpt.display())),
+        "{stdout}"
+    );
+    assert!(out.join("checkpoint/step_3/model.safetensors").is_file());
+    assert!(out.join("loss_curve.png").is_file());
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"mfu\"")).count(), 3);
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("eval_loss")).count(),
+        2
+    );
+
+    let c = ckpt.to_str().unwrap();
+    let eval = success(
+        mf_run(&out, &["--run-mode", "eval", "--load-checkpoint", c])
+            .output()
+            .unwrap(),
+    );
+    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    assert_eq!(v["batches"], 1, "8 samples in one batch of 8: {v}");
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+
+    let prompt = "An increasing sequence: one, two,";
+    let pred = success(
+        mf_run(
+            &out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                c,
+                "--predict-data",
+                prompt,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(pred.starts_with(prompt), "{pred}");
+
+    let tuned = dir.path().join("tuned");
+    let mut args = SHORT.to_vec();
+    args.extend(["--run-mode", "finetune", "--load-checkpoint", c]);
+    let ft = success(mf_run(&tuned, &args).output().unwrap());
+    assert!(ft.contains("finetune: 6 steps done"), "{ft}");
+}
+
+#[test]
+fn bad_configs_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = |args: &[&str]| failure_line(mf_run(&out, args).output().unwrap());
+    let e = run(&["--set", "runner_config.epoch=2"]);
+    assert!(
+        e.contains("epoch") && e.contains("run_gpt2_counting.toml"),
+        "{e}"
+    );
+    assert!(run(&["--set", "context.device_target=Ascend"]).contains("cpu"));
+    assert!(run(&["--run-mode", "predict"]).contains("--predict-data"));
+    assert!(run(&["--set", "train_dataset.data_loader.files=[\"nope.txt\"]"]).contains("nope.txt"));
+    assert!(run(&["--set", "model.arch.type=LlamaForCausalLM"]).contains("gpt2"));
+    let e = failure_line(
+        Command::new(env!("CARGO_BIN_EXE_mf"))
+            .args(["run", "--config", "missing.toml"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("missing.toml"), "{e}");
+}
+
+/// Every checkpoint resume could pick is complete and loadable.
+fn assert_complete(out: &Path) -> usize {
+    let all = mindformers::trainer::checkpoint::list(out);
+    for (step, dir) in &all {
+        for f in ["model.safetensors", "config.json", "optimizer.safetensors"] {
+            assert!(dir.join(f).is_file(), "step {step} lacks {f}");
+        }
+        SafeTensors::open(dir).unwrap();
+        SafeTensors::open(dir.join("optimizer.safetensors")).unwrap();
+        let state = mindformers::trainer::checkpoint::load_state(dir).unwrap();
+        assert_eq!(state.global_step, *step);
+    }
+    all.last().map_or(0, |(s, _)| *s)
+}
+
+#[test]
+fn killing_during_saves_never_leaves_a_bad_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // A checkpoint every step (keeping two, so pruning runs too): kills land in saves often.
+    let args = [
+        "--set",
+        "resume_training=true",
+        "--set",
+        "lr_schedule.total_steps=100000",
+        "--set",
+        "do_eval=false",
+        "--set",
+        "callbacks=[{type=\"CheckpointMonitor\", save_checkpoint_steps=1, keep_checkpoint_max=2}]",
+    ];
+    let mut latest = 0;
+    let mut kills_after_a_checkpoint = 0;
+    let mut mid_save = 0;
+    for (targeted, delay_ms) in [
+        (true, 0u64),
+        (false, 150),
+        (true, 0),
+        (false, 450),
+        (true, 0),
+        (false, 300),
+    ] {
+        let mut child = mf_run(&out, &args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        // Wait until this run has saved past the previous newest checkpoint, then a bit more.
+        while start.elapsed() < Duration::from_secs(60) {
+            if mindformers::trainer::checkpoint::list(&out)
+                .last()
+                .is_some_and(|(s, _)| *s > latest)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if targeted {
+            // Kill the moment a save is under way: its temp directory has appeared.
+            let tmp_exists = || {
+                std::fs::read_dir(out.join("checkpoint"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-step_"))
+            };
+            let t = Instant::now();
+            while !tmp_exists() && t.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A leftover temp or trash directory means this kill interrupted a save or a prune.
+        mid_save += std::fs::read_dir(out.join("checkpoint"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+            .min(1);
+        let now = assert_complete(&out);
+        assert!(
+            now >= latest,
+            "checkpoints went backwards: {latest} -> {now}"
+        );
+        kills_after_a_checkpoint += usize::from(now > 0);
+        latest = now;
+    }
+    assert!(
+        kills_after_a_checkpoint >= 5,
+        "runs made too little progress"
+    );
+    assert!(mid_save >= 2, "only {mid_save} kills landed inside a save");
+    // The run resumes from what the kills left and finishes.
+    let target = (latest + 2).to_string();
+    let done = success(
+        mf_run(
+            &out,
+            &[
+                "--set",
+                "resume_training=true",
+                "--set",
+                &format!("lr_schedule.total_steps={target}"),
+                "--set",
+                "do_eval=false",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        done.contains(&format!("train: {target} steps done")),
+        "{done}"
+    );
+}
