@@ -79,7 +79,7 @@ fn setup(reference: bool) -> Result<()> {
             ])
             .arg(format!("torch=={TORCH_VERSION}")))?;
     }
-    if reference && !python_ok("import transformers, safetensors, tiktoken") {
+    if reference && !python_ok("import transformers, safetensors, tiktoken, peft") {
         run(Command::new(venv_python())
             .args([
                 "-m",
@@ -221,7 +221,16 @@ fn test(args: &[String]) -> Result<()> {
         .arg(saved.join("model"))
         .arg("--expected")
         .arg(saved.join("expected.safetensors")))?;
-    eprintln!("all tests passed, including the transformers round trip");
+    // The LoRA round trip: PEFT must load the adapter the lora test saved and reproduce its
+    // logits, before and after merge_and_unload.
+    let lora = root().join("target/tmp/lora_roundtrip");
+    if !lora.join("adapter/adapter_config.json").exists() {
+        bail!("{} is missing: the lora test did not run", lora.display());
+    }
+    run(Command::new(venv_python())
+        .arg(root().join("tools/reference/check_peft_adapter.py"))
+        .arg(&lora))?;
+    eprintln!("all tests passed, including the transformers and PEFT round trips");
     Ok(())
 }
 

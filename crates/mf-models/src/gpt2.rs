@@ -418,7 +418,7 @@ impl GPT2LMHeadModel {
         let h = blk.ln_1.forward(x);
         let qkv = blk
             .c_attn
-            .forward(&h)
+            .forward_t(&h, train)
             .view([b, t, 3, self.heads, hd])
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -435,13 +435,13 @@ impl GPT2LMHeadModel {
         let attn = attn.transpose(1, 2).reshape([b, t, self.heads * hd]);
         let attn = blk
             .attn_proj
-            .forward(&attn)
+            .forward_t(&attn, train)
             .dropout(self.config.hidden_dropout_rate, train);
         let x = x + attn;
-        let m = (self.act)(&blk.c_fc.forward(&blk.ln_2.forward(&x)));
+        let m = (self.act)(&blk.c_fc.forward_t(&blk.ln_2.forward(&x), train));
         let m = blk
             .mlp_proj
-            .forward(&m)
+            .forward_t(&m, train)
             .dropout(self.config.hidden_dropout_rate, train);
         Ok(x + m)
     }
@@ -594,6 +594,18 @@ impl CausalLM for GPT2LMHeadModel {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
+        let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("transformer.h.{i}");
+            v.push((format!("{p}.attn.c_attn"), &mut b.c_attn));
+            v.push((format!("{p}.attn.c_proj"), &mut b.attn_proj));
+            v.push((format!("{p}.mlp.c_fc"), &mut b.c_fc));
+            v.push((format!("{p}.mlp.c_proj"), &mut b.mlp_proj));
+        }
         v
     }
 

@@ -4,10 +4,12 @@ pub mod generation;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod model;
 
 pub use auto::{AutoConfig, AutoModel, ModelConfig};
 pub use generation::{generate, GenerationConfig, GenerationOverrides, Streamer, TextStreamer};
 pub use gpt2::{GPT2Config, GPT2LMHeadModel};
 pub use llama::{LlamaConfig, LlamaForCausalLM, RopeScalingConfig};
+pub use lora::{LoraConfig, LoraSummary};
 pub use model::{CausalLM, ForwardInput};

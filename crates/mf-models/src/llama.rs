@@ -800,9 +800,9 @@ impl LlamaForCausalLM {
         let (nq, nkv) = (self.heads.q_heads as i64, self.heads.kv_heads as i64);
         let h = l.input_layernorm.forward(x);
         let split = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2);
-        let q = apply_rotary(&split(l.q_proj.forward(&h), nq), cos, sin);
-        let k = apply_rotary(&split(l.k_proj.forward(&h), nkv), cos, sin);
-        let v = split(l.v_proj.forward(&h), nkv);
+        let q = apply_rotary(&split(l.q_proj.forward_t(&h, train), nq), cos, sin);
+        let k = apply_rotary(&split(l.k_proj.forward_t(&h, train), nkv), cos, sin);
+        let v = split(l.v_proj.forward_t(&h, train), nkv);
         let (k, v) = match cache {
             Some(c) => c.append(i, &k, &v)?,
             None => (k, v),
@@ -815,10 +815,10 @@ impl LlamaForCausalLM {
         let attn = sdpa(&q, &k, &v, mask, dropout)
             .transpose(1, 2)
             .reshape([b, t, nq * hd]);
-        let x = x + l.o_proj.forward(&attn);
+        let x = x + l.o_proj.forward_t(&attn, train);
         let h = l.post_attention_layernorm.forward(&x);
-        let m = (self.act)(&l.gate_proj.forward(&h)) * l.up_proj.forward(&h);
-        Ok(x + l.down_proj.forward(&m))
+        let m = (self.act)(&l.gate_proj.forward_t(&h, train)) * l.up_proj.forward_t(&h, train);
+        Ok(x + l.down_proj.forward_t(&m, train))
     }
 }
 
@@ -980,6 +980,21 @@ impl CausalLM for LlamaForCausalLM {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
+        let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            v.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            v.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            v.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            v.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            v.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
+            v.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
+            v.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
         v
     }
 

@@ -20,6 +20,12 @@ pub struct TrainBegin<'a> {
     pub start_step: usize,
     /// Whether an evaluation dataset was given.
     pub has_eval_dataset: bool,
+    /// Parameters the optimizer updates (the adapters only, under LoRA).
+    pub trainable_parameters: usize,
+    /// All parameters of the model (base and adapters).
+    pub total_parameters: usize,
+    /// Memory of the optimizer's state (moments, f32 masters).
+    pub optimizer_state_bytes: usize,
 }
 
 /// Where training is after an optimizer step.
@@ -170,6 +176,13 @@ impl Callback for LossMonitor {
         "loss_monitor"
     }
     fn on_train_begin(&mut self, b: &TrainBegin) -> Result<()> {
+        println!(
+            "trainable parameters: {} of {} ({:.2}%), optimizer state {:.1} MiB",
+            b.trainable_parameters,
+            b.total_parameters,
+            100.0 * b.trainable_parameters as f64 / b.total_parameters.max(1) as f64,
+            b.optimizer_state_bytes as f64 / (1024.0 * 1024.0)
+        );
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let bar = indicatif::ProgressBar::new(b.total_steps as u64);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -462,6 +475,9 @@ mod tests {
             total_steps: 10,
             start_step: 0,
             has_eval_dataset: eval,
+            trainable_parameters: 1,
+            total_parameters: 1,
+            optimizer_state_bytes: 8,
         }
     }
 

@@ -55,7 +55,7 @@ pub fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
 /// Writes a checkpoint atomically and prunes to `keep` checkpoints.
 pub fn save(
     output_dir: &Path,
-    model: &dyn CausalLM,
+    model: &mut dyn CausalLM,
     optim: &Optimizer,
     state: &TrainerState,
     keep: Option<usize>,
@@ -70,6 +70,9 @@ pub fn save(
     ));
     remove_leftovers(&root);
     model.save_pretrained(&tmp)?;
+    if mf_models::lora::has_lora(model) {
+        mf_models::lora::save_adapter(model, &tmp, None)?;
+    }
     save_safetensors(
         tmp.join("optimizer.safetensors"),
         &optim.state_tensors(),

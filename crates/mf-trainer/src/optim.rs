@@ -107,6 +107,22 @@ impl Optimizer {
         Ok(o)
     }
 
+    /// Bytes held by the optimizer's own state (moments and f32 masters).
+    pub fn state_bytes(&self) -> usize {
+        let moments: usize = self
+            .exp_avg
+            .iter()
+            .chain(&self.exp_avg_sq)
+            .map(|t| t.numel() * 4)
+            .sum();
+        let masters: usize = if self.mixed {
+            self.params.iter().map(|(_, t)| t.numel() * 4).sum()
+        } else {
+            0
+        };
+        moments + masters
+    }
+
     /// The tensors the update rule changes (f32 masters under mixed precision).
     pub fn params(&self) -> &[(String, Tensor)] {
         &self.params

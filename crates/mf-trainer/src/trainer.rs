@@ -168,6 +168,13 @@ impl Trainer {
         self
     }
 
+    /// Attaches LoRA adapters (MindFormers' `pet_method='lora'`): the base weights freeze and
+    /// only the adapters train; checkpoints also hold them in PEFT's layout.
+    pub fn lora(mut self, config: &mf_models::LoraConfig) -> Result<Self> {
+        mf_models::lora::apply_lora(self.model.as_mut(), config)?;
+        Ok(self)
+    }
+
     /// Adds a callback (builder style).
     pub fn callback(mut self, cb: impl Callback + 'static) -> Self {
         self.callbacks.push(Box::new(cb));
@@ -417,9 +424,16 @@ impl Trainer {
         } else {
             Optimizer::new
         };
+        let lora = mf_models::lora::has_lora(self.model.as_mut());
+        let trainable = if lora {
+            mf_models::lora::lora_parameters(self.model.as_mut())
+        } else {
+            self.model.parameters()
+        };
+        let trainable_parameters: usize = trainable.iter().map(|(_, t)| t.numel()).sum();
         let optim = optim_slot.insert(build(
             &args.optim,
-            self.model.parameters(),
+            trainable,
             args.adam_beta1,
             args.adam_beta2,
             args.adam_epsilon,
@@ -433,6 +447,9 @@ impl Trainer {
         if let Some(dir) = self.resume_dir()? {
             state = checkpoint::load_state(&dir)?;
             self.model.load_weights(&SafeTensors::open(&dir)?)?;
+            if lora {
+                mf_models::lora::load_adapter_weights(self.model.as_mut(), &dir)?;
+            }
             optim.load_state(&SafeTensors::open(dir.join("optimizer.safetensors"))?)?;
             if !args.fp16 {
                 state.loss_scaler = None;
@@ -463,6 +480,9 @@ impl Trainer {
             total_steps: total,
             start_step: state.global_step,
             has_eval_dataset: self.eval_dataset.is_some(),
+            trainable_parameters,
+            total_parameters: n_params + if lora { trainable_parameters } else { 0 },
+            optimizer_state_bytes: optim.state_bytes(),
         };
         for cb in &mut self.callbacks {
             cb.on_train_begin(&begin)?;
@@ -577,7 +597,7 @@ impl Trainer {
             if control.should_save {
                 let dir = checkpoint::save(
                     &out_dir,
-                    self.model.as_ref(),
+                    self.model.as_mut(),
                     optim,
                     &state,
                     args.save_total_limit,

@@ -9,6 +9,8 @@ use mf_core::{invalid, Result};
 use tch::nn::{Init, Path};
 use tch::Tensor;
 
+use crate::lora::{LoraAdapter, LoraHost};
+
 /// The tensor-parallel position of this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorParallel {
@@ -99,6 +101,27 @@ pub struct ColumnParallelLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     layout: WeightLayout,
+    lora: Option<LoraAdapter>,
+}
+
+/// y + the low-rank update of an attached LoRA adapter.
+fn with_lora(y: Tensor, x: &Tensor, lora: Option<&LoraAdapter>, train: bool) -> Tensor {
+    match lora {
+        Some(a) => y + a.forward(x, train),
+        None => y,
+    }
+}
+
+/// Folds `scaling · B A` into a weight stored in `layout`.
+fn merge_into(weight: &Tensor, layout: WeightLayout, a: &LoraAdapter) {
+    let _g = tch::no_grad_guard();
+    let delta = a.delta().to_kind(weight.kind());
+    let delta = match layout {
+        WeightLayout::OutIn => delta,
+        WeightLayout::InOut => delta.tr(),
+    };
+    let mut w = weight.shallow_clone();
+    let _ = w.g_add_(&delta);
 }
 
 impl ColumnParallelLinear {
@@ -117,6 +140,7 @@ impl ColumnParallelLinear {
             weight: make_weight(p, layout, in_features as i64, out, init_std),
             bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
             layout,
+            lora: None,
         })
     }
 
@@ -138,12 +162,19 @@ impl ColumnParallelLinear {
             weight: make_weight(p, layout, in_features as i64, out, init_std),
             bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
             layout,
+            lora: None,
         })
     }
 
     /// y = x W + b on this rank's output slice.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        apply(x, &self.weight, self.bias.as_ref(), self.layout)
+        self.forward_t(x, false)
+    }
+
+    /// Like `forward`; `train` turns on an attached LoRA adapter's dropout.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = apply(x, &self.weight, self.bias.as_ref(), self.layout);
+        with_lora(y, x, self.lora.as_ref(), train)
     }
 }
 
@@ -153,6 +184,7 @@ pub struct RowParallelLinear {
     weight: Tensor,
     bias: Option<Tensor>,
     layout: WeightLayout,
+    lora: Option<LoraAdapter>,
 }
 
 impl RowParallelLinear {
@@ -171,11 +203,52 @@ impl RowParallelLinear {
             weight: make_weight(p, layout, inp, out_features as i64, init_std),
             bias: bias.then(|| p.var("bias", &[out_features as i64], Init::Const(0.0))),
             layout,
+            lora: None,
         })
     }
 
     /// y = x W + b; with one rank the partial sum is already the full result.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        apply(x, &self.weight, self.bias.as_ref(), self.layout)
+        self.forward_t(x, false)
+    }
+
+    /// Like `forward`; `train` turns on an attached LoRA adapter's dropout.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = apply(x, &self.weight, self.bias.as_ref(), self.layout);
+        with_lora(y, x, self.lora.as_ref(), train)
     }
 }
+
+macro_rules! lora_host {
+    ($t:ty) => {
+        impl LoraHost for $t {
+            fn features(&self) -> (i64, i64) {
+                let s = self.weight.size();
+                match self.layout {
+                    WeightLayout::InOut => (s[0], s[1]),
+                    WeightLayout::OutIn => (s[1], s[0]),
+                }
+            }
+            fn weight(&self) -> &Tensor {
+                &self.weight
+            }
+            fn adapter(&self) -> Option<&LoraAdapter> {
+                self.lora.as_ref()
+            }
+            fn set_adapter(&mut self, adapter: Option<LoraAdapter>) {
+                self.lora = adapter;
+            }
+            fn merge(&mut self) {
+                if let Some(a) = self.lora.take() {
+                    merge_into(&self.weight, self.layout, &a);
+                }
+            }
+            fn fan_in_fan_out(&self) -> bool {
+                self.layout == WeightLayout::InOut
+            }
+        }
+    };
+}
+
+lora_host!(ColumnParallelLinear);
+lora_host!(RowParallelLinear);
