@@ -7,9 +7,9 @@
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 pub use mf_core::{self as core, DType, Device, MfError, Result};
 pub use mf_models::{
-    self as models, generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2Config,
-    GPT2LMHeadModel, GenerationConfig, GenerationOverrides, LlamaConfig, LlamaForCausalLM,
-    ModelConfig, Streamer, TextStreamer,
+    self as models, generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM,
+    ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, LlamaConfig,
+    LlamaForCausalLM, ModelConfig, Streamer, TextStreamer,
 };
 pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
 pub use mf_tokenizers::{
