@@ -6,6 +6,7 @@ use mf_core::{MfError, Result};
 use serde::Deserialize;
 
 use crate::bloom::{BloomConfig, BloomForCausalLM};
+use crate::glm::{GlmConfig, GlmForCausalLM};
 use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
 use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
@@ -65,6 +66,7 @@ const PRESETS: &[(&str, &str)] = &[
         "bloom_7.1b",
         include_str!("../../../configs/bloom/bloom_7.1b.toml"),
     ),
+    ("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml")),
 ];
 
 /// A preset file: family, hub repository and hyperparameters.
@@ -107,6 +109,8 @@ pub enum ModelConfig {
     Llama(LlamaConfig),
     /// BLOOM.
     Bloom(BloomConfig),
+    /// GLM-4 (transformers' `GlmForCausalLM`).
+    Glm(GlmConfig),
 }
 
 impl ModelConfig {
@@ -143,6 +147,17 @@ impl ModelConfig {
         }
     }
 
+    /// The GLM config, or an error naming the actual family.
+    pub fn into_glm(self) -> Result<GlmConfig> {
+        match self {
+            ModelConfig::Glm(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a glm config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
     /// The family name (`model_type`).
     pub fn model_type(&self) -> &'static str {
         match self {
@@ -150,6 +165,7 @@ impl ModelConfig {
             ModelConfig::Llama(c) if c.is_qwen2() => "qwen2",
             ModelConfig::Llama(_) => "llama",
             ModelConfig::Bloom(_) => "bloom",
+            ModelConfig::Glm(_) => "glm",
         }
     }
 }
@@ -157,7 +173,9 @@ impl ModelConfig {
 fn family_error(model_type: &str, origin: &str) -> MfError {
     MfError::config(
         origin,
-        format!("model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom"),
+        format!(
+            "model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom, glm"
+        ),
     )
 }
 
@@ -214,6 +232,12 @@ impl AutoConfig {
                 c.validate(&origin)?;
                 Ok(ModelConfig::Bloom(c))
             }
+            "glm" => {
+                let mut c = preset_config(&p.config, &origin, |c: &GlmConfig| &c.extra)?;
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::Glm(c))
+            }
             other => Err(family_error(other, &origin)),
         }
     }
@@ -232,6 +256,7 @@ impl AutoConfig {
             Some("gpt2") => Ok(ModelConfig::Gpt2(GPT2Config::from_json_file(path)?)),
             Some("llama" | "qwen2") => Ok(ModelConfig::Llama(LlamaConfig::from_json_file(path)?)),
             Some("bloom") => Ok(ModelConfig::Bloom(BloomConfig::from_json_file(path)?)),
+            Some("glm") => Ok(ModelConfig::Glm(GlmConfig::from_json_file(path)?)),
             Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
@@ -299,6 +324,7 @@ impl AutoModel {
             ModelConfig::Gpt2(_) => Ok(Box::new(GPT2LMHeadModel::from_dir(&dir)?)),
             ModelConfig::Llama(_) => Ok(Box::new(LlamaForCausalLM::from_dir(&dir)?)),
             ModelConfig::Bloom(_) => Ok(Box::new(BloomForCausalLM::from_dir(&dir)?)),
+            ModelConfig::Glm(_) => Ok(Box::new(GlmForCausalLM::from_dir(&dir)?)),
         }
     }
 
@@ -308,6 +334,7 @@ impl AutoModel {
             ModelConfig::Gpt2(c) => Ok(Box::new(GPT2LMHeadModel::new(c)?)),
             ModelConfig::Llama(c) => Ok(Box::new(LlamaForCausalLM::new(c)?)),
             ModelConfig::Bloom(c) => Ok(Box::new(BloomForCausalLM::new(c)?)),
+            ModelConfig::Glm(c) => Ok(Box::new(GlmForCausalLM::new(c)?)),
         }
     }
 }

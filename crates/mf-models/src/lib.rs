@@ -1,7 +1,8 @@
-//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, generation and the Auto registry.
+//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, GLM-4, generation and the Auto registry.
 pub mod auto;
 pub mod bloom;
 pub mod generation;
+pub mod glm;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
@@ -10,6 +11,7 @@ pub mod model;
 pub use auto::{AutoConfig, AutoModel, ModelConfig};
 pub use bloom::{BloomConfig, BloomForCausalLM};
 pub use generation::{generate, GenerationConfig, GenerationOverrides, Streamer, TextStreamer};
+pub use glm::{GlmConfig, GlmForCausalLM};
 pub use gpt2::{GPT2Config, GPT2LMHeadModel};
 pub use llama::{LlamaConfig, LlamaForCausalLM, RopeScalingConfig};
 pub use model::{CausalLM, ForwardInput};

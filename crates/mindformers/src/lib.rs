@@ -2,14 +2,15 @@
 //!
 //! - AutoClass: [`AutoConfig`], [`AutoModel`], [`AutoTokenizer`], [`AutoProcessor`]
 //! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], [`LlamaConfig`], [`LlamaForCausalLM`],
-//!   generation with [`GenerationConfig`]
+//!   [`BloomConfig`], [`BloomForCausalLM`], [`GlmConfig`], [`GlmForCausalLM`], generation with
+//!   [`GenerationConfig`]
 //! - Pipelines: [`pipeline`]`("text_generation")`
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 pub use mf_core::{self as core, DType, Device, MfError, Result};
 pub use mf_models::{
     self as models, generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM,
-    ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, LlamaConfig,
-    LlamaForCausalLM, ModelConfig, Streamer, TextStreamer,
+    ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, GlmConfig,
+    GlmForCausalLM, LlamaConfig, LlamaForCausalLM, ModelConfig, Streamer, TextStreamer,
 };
 pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
 pub use mf_tokenizers::{

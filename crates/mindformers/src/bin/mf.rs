@@ -355,8 +355,8 @@ fn run(cli: Cli) -> Result<()> {
                 ModelConfig::Gpt2(_) => {
                     AutoTokenizer::from_pretrained(&preset)?.save_pretrained(&output)?
                 }
-                // No LLaMA/BLOOM tokenizer is bundled; its files come with the checkpoint.
-                ModelConfig::Llama(_) | ModelConfig::Bloom(_) => {}
+                // No LLaMA/BLOOM/GLM tokenizer is bundled; its files come with the checkpoint.
+                ModelConfig::Llama(_) | ModelConfig::Bloom(_) | ModelConfig::Glm(_) => {}
             }
             writeln!(
                 out,
