@@ -10,6 +10,7 @@ use crate::glm::{GlmConfig, GlmForCausalLM};
 use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
 use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
+use crate::pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
 
 /// Every preset: (name, TOML text).
 const PRESETS: &[(&str, &str)] = &[
@@ -67,6 +68,14 @@ const PRESETS: &[(&str, &str)] = &[
         include_str!("../../../configs/bloom/bloom_7.1b.toml"),
     ),
     ("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml")),
+    (
+        "pangualpha_2_6b",
+        include_str!("../../../configs/pangualpha/pangualpha_2_6b.toml"),
+    ),
+    (
+        "pangualpha_13b",
+        include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
+    ),
 ];
 
 /// A preset file: family, hub repository and hyperparameters.
@@ -111,6 +120,8 @@ pub enum ModelConfig {
     Bloom(BloomConfig),
     /// GLM-4 (transformers' `GlmForCausalLM`).
     Glm(GlmConfig),
+    /// PanGu-α.
+    PanguAlpha(PanguAlphaConfig),
 }
 
 impl ModelConfig {
@@ -158,6 +169,17 @@ impl ModelConfig {
         }
     }
 
+    /// The PanGu-α config, or an error naming the actual family.
+    pub fn into_pangualpha(self) -> Result<PanguAlphaConfig> {
+        match self {
+            ModelConfig::PanguAlpha(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a pangualpha config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
     /// The family name (`model_type`).
     pub fn model_type(&self) -> &'static str {
         match self {
@@ -166,6 +188,7 @@ impl ModelConfig {
             ModelConfig::Llama(_) => "llama",
             ModelConfig::Bloom(_) => "bloom",
             ModelConfig::Glm(_) => "glm",
+            ModelConfig::PanguAlpha(_) => "pangualpha",
         }
     }
 }
@@ -174,7 +197,8 @@ fn family_error(model_type: &str, origin: &str) -> MfError {
     MfError::config(
         origin,
         format!(
-            "model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom, glm"
+            "model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom, \
+             glm, pangualpha"
         ),
     )
 }
@@ -238,6 +262,12 @@ impl AutoConfig {
                 c.validate(&origin)?;
                 Ok(ModelConfig::Glm(c))
             }
+            "pangualpha" => {
+                let mut c = preset_config(&p.config, &origin, |c: &PanguAlphaConfig| &c.extra)?;
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::PanguAlpha(c))
+            }
             other => Err(family_error(other, &origin)),
         }
     }
@@ -257,6 +287,9 @@ impl AutoConfig {
             Some("llama" | "qwen2") => Ok(ModelConfig::Llama(LlamaConfig::from_json_file(path)?)),
             Some("bloom") => Ok(ModelConfig::Bloom(BloomConfig::from_json_file(path)?)),
             Some("glm") => Ok(ModelConfig::Glm(GlmConfig::from_json_file(path)?)),
+            Some("pangualpha") => Ok(ModelConfig::PanguAlpha(PanguAlphaConfig::from_json_file(
+                path,
+            )?)),
             Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
@@ -325,6 +358,7 @@ impl AutoModel {
             ModelConfig::Llama(_) => Ok(Box::new(LlamaForCausalLM::from_dir(&dir)?)),
             ModelConfig::Bloom(_) => Ok(Box::new(BloomForCausalLM::from_dir(&dir)?)),
             ModelConfig::Glm(_) => Ok(Box::new(GlmForCausalLM::from_dir(&dir)?)),
+            ModelConfig::PanguAlpha(_) => Ok(Box::new(PanguAlphaHeadModel::from_dir(&dir)?)),
         }
     }
 
@@ -335,6 +369,7 @@ impl AutoModel {
             ModelConfig::Llama(c) => Ok(Box::new(LlamaForCausalLM::new(c)?)),
             ModelConfig::Bloom(c) => Ok(Box::new(BloomForCausalLM::new(c)?)),
             ModelConfig::Glm(c) => Ok(Box::new(GlmForCausalLM::new(c)?)),
+            ModelConfig::PanguAlpha(c) => Ok(Box::new(PanguAlphaHeadModel::new(c)?)),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, GLM-4, generation and the Auto registry.
+//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, GLM-4, PanGu-α,
+//! generation and the Auto registry.
 pub mod auto;
 pub mod bloom;
 pub mod generation;
@@ -7,6 +8,7 @@ pub mod gpt2;
 pub mod layers;
 pub mod llama;
 pub mod model;
+pub mod pangualpha;
 
 pub use auto::{AutoConfig, AutoModel, ModelConfig};
 pub use bloom::{BloomConfig, BloomForCausalLM};
@@ -15,3 +17,4 @@ pub use glm::{GlmConfig, GlmForCausalLM};
 pub use gpt2::{GPT2Config, GPT2LMHeadModel};
 pub use llama::{LlamaConfig, LlamaForCausalLM, RopeScalingConfig};
 pub use model::{CausalLM, ForwardInput};
+pub use pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
