@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use mf_core::{MfError, Result};
 use serde::Deserialize;
 
+use crate::bloom::{BloomConfig, BloomForCausalLM};
+use crate::glm::{GlmConfig, GlmForCausalLM};
 use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
 use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
+use crate::pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
 
 /// Every preset: (name, TOML text).
 const PRESETS: &[(&str, &str)] = &[
@@ -56,13 +59,30 @@ const PRESETS: &[(&str, &str)] = &[
         "codellama_34b",
         include_str!("../../../configs/llama/codellama_34b.toml"),
     ),
+    (
+        "bloom_560m",
+        include_str!("../../../configs/bloom/bloom_560m.toml"),
+    ),
+    (
+        "bloom_7.1b",
+        include_str!("../../../configs/bloom/bloom_7.1b.toml"),
+    ),
+    ("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml")),
+    (
+        "pangualpha_2_6b",
+        include_str!("../../../configs/pangualpha/pangualpha_2_6b.toml"),
+    ),
+    (
+        "pangualpha_13b",
+        include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
+    ),
 ];
 
 /// A preset file: family, hub repository and hyperparameters.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
-    /// Model family (`gpt2`, `llama`).
+    /// Model family (`gpt2`, `llama`, `qwen2`, `bloom`, ...).
     pub model_type: String,
     /// Hugging Face repository with the weights, if published.
     pub hub_repo: Option<String>,
@@ -96,6 +116,12 @@ pub enum ModelConfig {
     Gpt2(GPT2Config),
     /// LLaMA 1/2/3, CodeLlama and Qwen2 checkpoints.
     Llama(LlamaConfig),
+    /// BLOOM.
+    Bloom(BloomConfig),
+    /// GLM-4 (transformers' `GlmForCausalLM`).
+    Glm(GlmConfig),
+    /// PanGu-α.
+    PanguAlpha(PanguAlphaConfig),
 }
 
 impl ModelConfig {
@@ -121,12 +147,48 @@ impl ModelConfig {
         }
     }
 
+    /// The BLOOM config, or an error naming the actual family.
+    pub fn into_bloom(self) -> Result<BloomConfig> {
+        match self {
+            ModelConfig::Bloom(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a bloom config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
+    /// The GLM config, or an error naming the actual family.
+    pub fn into_glm(self) -> Result<GlmConfig> {
+        match self {
+            ModelConfig::Glm(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a glm config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
+    /// The PanGu-α config, or an error naming the actual family.
+    pub fn into_pangualpha(self) -> Result<PanguAlphaConfig> {
+        match self {
+            ModelConfig::PanguAlpha(c) => Ok(c),
+            other => Err(mf_core::invalid(format!(
+                "expected a pangualpha config, got a {} config",
+                other.model_type()
+            ))),
+        }
+    }
+
     /// The family name (`model_type`).
     pub fn model_type(&self) -> &'static str {
         match self {
             ModelConfig::Gpt2(_) => "gpt2",
             ModelConfig::Llama(c) if c.is_qwen2() => "qwen2",
             ModelConfig::Llama(_) => "llama",
+            ModelConfig::Bloom(_) => "bloom",
+            ModelConfig::Glm(_) => "glm",
+            ModelConfig::PanguAlpha(_) => "pangualpha",
         }
     }
 }
@@ -134,7 +196,10 @@ impl ModelConfig {
 fn family_error(model_type: &str, origin: &str) -> MfError {
     MfError::config(
         origin,
-        format!("model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2"),
+        format!(
+            "model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom, \
+             glm, pangualpha"
+        ),
     )
 }
 
@@ -185,6 +250,24 @@ impl AutoConfig {
                 c.validate(&origin)?;
                 Ok(ModelConfig::Llama(c))
             }
+            "bloom" => {
+                let mut c = preset_config(&p.config, &origin, |c: &BloomConfig| &c.extra)?;
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::Bloom(c))
+            }
+            "glm" => {
+                let mut c = preset_config(&p.config, &origin, |c: &GlmConfig| &c.extra)?;
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::Glm(c))
+            }
+            "pangualpha" => {
+                let mut c = preset_config(&p.config, &origin, |c: &PanguAlphaConfig| &c.extra)?;
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::PanguAlpha(c))
+            }
             other => Err(family_error(other, &origin)),
         }
     }
@@ -202,6 +285,11 @@ impl AutoConfig {
         match v.get("model_type").and_then(|m| m.as_str()) {
             Some("gpt2") => Ok(ModelConfig::Gpt2(GPT2Config::from_json_file(path)?)),
             Some("llama" | "qwen2") => Ok(ModelConfig::Llama(LlamaConfig::from_json_file(path)?)),
+            Some("bloom") => Ok(ModelConfig::Bloom(BloomConfig::from_json_file(path)?)),
+            Some("glm") => Ok(ModelConfig::Glm(GlmConfig::from_json_file(path)?)),
+            Some("pangualpha") => Ok(ModelConfig::PanguAlpha(PanguAlphaConfig::from_json_file(
+                path,
+            )?)),
             Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
@@ -268,6 +356,9 @@ impl AutoModel {
         match AutoConfig::from_json_file(&dir.join("config.json"))? {
             ModelConfig::Gpt2(_) => Ok(Box::new(GPT2LMHeadModel::from_dir(&dir)?)),
             ModelConfig::Llama(_) => Ok(Box::new(LlamaForCausalLM::from_dir(&dir)?)),
+            ModelConfig::Bloom(_) => Ok(Box::new(BloomForCausalLM::from_dir(&dir)?)),
+            ModelConfig::Glm(_) => Ok(Box::new(GlmForCausalLM::from_dir(&dir)?)),
+            ModelConfig::PanguAlpha(_) => Ok(Box::new(PanguAlphaHeadModel::from_dir(&dir)?)),
         }
     }
 
@@ -276,6 +367,9 @@ impl AutoModel {
         match config {
             ModelConfig::Gpt2(c) => Ok(Box::new(GPT2LMHeadModel::new(c)?)),
             ModelConfig::Llama(c) => Ok(Box::new(LlamaForCausalLM::new(c)?)),
+            ModelConfig::Bloom(c) => Ok(Box::new(BloomForCausalLM::new(c)?)),
+            ModelConfig::Glm(c) => Ok(Box::new(GlmForCausalLM::new(c)?)),
+            ModelConfig::PanguAlpha(c) => Ok(Box::new(PanguAlphaHeadModel::new(c)?)),
         }
     }
 }

@@ -155,13 +155,15 @@ pub struct LlamaConfig {
 }
 
 /// A token id that may be null, negative (meaning none) or absent.
-fn opt_id<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u32>, D::Error> {
+pub(crate) fn opt_id<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u32>, D::Error> {
     let v = Option::<i64>::deserialize(d)?;
     Ok(v.and_then(|x| u32::try_from(x).ok()))
 }
 
 /// One id or a list of ids.
-fn ids<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u32>, D::Error> {
+pub(crate) fn ids<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -571,7 +573,7 @@ fn rope_scaling_json(s: &RopeScaling) -> serde_json::Value {
     }
 }
 
-fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
+pub(crate) fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
     Ok(match name {
         "silu" | "swish" => |x| x.silu(),
         "gelu" => |x| x.gelu("none"),

@@ -2,14 +2,16 @@
 //!
 //! - AutoClass: [`AutoConfig`], [`AutoModel`], [`AutoTokenizer`], [`AutoProcessor`]
 //! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], [`LlamaConfig`], [`LlamaForCausalLM`],
-//!   generation with [`GenerationConfig`]
+//!   [`BloomConfig`], [`BloomForCausalLM`], [`GlmConfig`], [`GlmForCausalLM`],
+//!   [`PanguAlphaConfig`], [`PanguAlphaHeadModel`], generation with [`GenerationConfig`]
 //! - Pipelines: [`pipeline`]`("text_generation")`
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 pub use mf_core::{self as core, DType, Device, MfError, Result};
 pub use mf_models::{
-    self as models, generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2Config,
-    GPT2LMHeadModel, GenerationConfig, GenerationOverrides, LlamaConfig, LlamaForCausalLM,
-    LoraConfig, ModelConfig, Streamer, TextStreamer,
+    self as models, generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM,
+    ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, GlmConfig,
+    GlmForCausalLM, LlamaConfig, LlamaForCausalLM, LoraConfig, ModelConfig, PanguAlphaConfig,
+    PanguAlphaHeadModel, Streamer, TextStreamer,
 };
 pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
 pub use mf_tokenizers::{

@@ -10,6 +10,51 @@ pub enum AttnMask {
     Causal,
     /// A boolean mask `[batch or 1, 1, q_len, past + q_len]`, true = may attend.
     Explicit(Tensor),
+    /// A float bias added to the scores `[batch or 1, heads or 1, q_len, past + q_len]`,
+    /// `-inf` where a key is masked (ALiBi folds its position biases into it).
+    Additive(Tensor),
+}
+
+impl AttnMask {
+    /// The mask as a boolean tensor `[batch or 1, 1, q_len, past + q_len]` (true = may
+    /// attend), for callers that add their own biases to it.
+    pub fn to_bool(&self, past: i64, q_len: i64, device: tch::Device) -> Tensor {
+        match self {
+            AttnMask::Explicit(m) => m.shallow_clone(),
+            AttnMask::Additive(b) => b.isfinite(),
+            AttnMask::None | AttnMask::Causal => {
+                let total = past + q_len;
+                let q_pos = Tensor::arange_start(past, total, (Kind::Int64, device)).unsqueeze(1);
+                let k_pos = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
+                k_pos.le_tensor(&q_pos).unsqueeze(0).unsqueeze(0)
+            }
+        }
+    }
+}
+
+/// ALiBi slopes of `num_heads` heads, as transformers' `_get_alibi_slopes` computes them in
+/// f32: a geometric sequence for the largest power of two, and for other head counts every
+/// other slope of the next power of two's sequence.
+pub fn alibi_slopes(num_heads: usize, device: tch::Device) -> Tensor {
+    let n = num_heads.max(1);
+    let closest = 1usize << n.ilog2();
+    let base = |p2: usize| 2f64.powf(-(2f64.powf(-((p2 as f64).log2() - 3.0))));
+    let powers = |start: i64, end: i64, step: i64| {
+        Tensor::arange_start_step(start, end, step, (Kind::Int, device))
+    };
+    let pow = |b: f64, e: &Tensor| {
+        Tensor::from(b as f32)
+            .to_device(device)
+            .pow(e)
+            .to_kind(Kind::Float)
+    };
+    let slopes = pow(base(closest), &powers(1, 1 + closest as i64, 1));
+    if closest == n {
+        return slopes;
+    }
+    let rest = closest.min(n - closest) as i64;
+    let extra = pow(base(2 * closest), &powers(1, 1 + 2 * rest, 2));
+    Tensor::cat(&[slopes, extra], 0)
 }
 
 /// The mask for `q_len` new queries after `past` cached positions, combining causality with
@@ -51,7 +96,7 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, dropout: f64) -
     let (m, causal) = match mask {
         AttnMask::None => (None, false),
         AttnMask::Causal => (None, true),
-        AttnMask::Explicit(m) => (Some(m), false),
+        AttnMask::Explicit(m) | AttnMask::Additive(m) => (Some(m), false),
     };
     Tensor::scaled_dot_product_attention(q, k, v, m, dropout, causal, None, gqa)
 }
@@ -134,7 +179,17 @@ impl HeadShard {
 
 #[cfg(test)]
 mod tests {
-    use super::HeadShard;
+    use super::{alibi_slopes, HeadShard};
+
+    #[test]
+    fn alibi_slopes_follow_the_paper() {
+        let s = Vec::<f32>::try_from(&alibi_slopes(8, tch::Device::Cpu)).unwrap();
+        let want: Vec<f32> = (1..=8).map(|i| 0.5f32.powi(i)).collect();
+        assert_eq!(s, want);
+        // 6 heads: 4 from 2^(-2i), then 2^(-1), 2^(-3) from the 8-head sequence's odd terms.
+        let s = Vec::<f32>::try_from(&alibi_slopes(6, tch::Device::Cpu)).unwrap();
+        assert_eq!(s, vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]);
+    }
 
     #[test]
     fn gqa_heads_split_or_replicate() {

@@ -6,8 +6,8 @@ pub mod linear;
 pub mod norm;
 pub mod rotary;
 
-pub use attention::{attention_mask, sdpa, AttnMask, HeadShard};
+pub use attention::{alibi_slopes, attention_mask, sdpa, AttnMask, HeadShard};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
-pub use rotary::{apply_rotary, RopeScaling, RotaryEmbedding};
+pub use rotary::{apply_rotary, apply_rotary_interleaved, RopeScaling, RotaryEmbedding};

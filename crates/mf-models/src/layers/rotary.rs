@@ -142,6 +142,19 @@ impl RotaryEmbedding {
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
     }
+
+    /// `(cos, sin)` like [`RotaryEmbedding::cos_sin`] with each frequency repeated for the two
+    /// features of its pair (`f0 f0 f1 f1 ...`), for [`apply_rotary_interleaved`]. Cast to
+    /// `kind` before repeating, as transformers' GLM does.
+    pub fn cos_sin_interleaved(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let (cos, sin) = self.cos_sin(positions, kind);
+        let half = self.dim as i64 / 2;
+        let rep = |t: Tensor| {
+            t.narrow(-1, 0, half)
+                .repeat_interleave_self_int(2, -1, None)
+        };
+        (rep(cos), rep(sin))
+    }
 }
 
 /// Rotates `x` (`[batch, heads, len, dim]`) by the tables from [`RotaryEmbedding::cos_sin`],
@@ -152,6 +165,25 @@ pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let x2 = x.narrow(-1, half, half);
     let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
     x * cos + rotated * sin
+}
+
+/// Rotates the first `cos.size(-1)` features of `x` (`[batch, heads, len, head_dim]`) in
+/// adjacent pairs `(2i, 2i + 1)`, leaving the remaining features as they are: GLM's partial,
+/// interleaved rotary layout. `cos`/`sin` are [`RotaryEmbedding::cos_sin_interleaved`] tables
+/// of the rotary width.
+pub fn apply_rotary_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let hd = x.size().last().copied().unwrap_or(0);
+    let rd = cos.size().last().copied().unwrap_or(0).min(hd);
+    let xr = x.narrow(-1, 0, rd);
+    let pairs = xr.unflatten(-1, [rd / 2, 2]);
+    let rotated =
+        Tensor::stack(&[pairs.select(-1, 1).neg(), pairs.select(-1, 0)], -1).flatten(-2, -1);
+    let y = xr * cos + rotated * sin;
+    if rd == hd {
+        y
+    } else {
+        Tensor::cat(&[y, x.narrow(-1, rd, hd - rd)], -1)
+    }
 }
 
 #[cfg(test)]

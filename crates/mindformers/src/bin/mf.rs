@@ -373,8 +373,12 @@ fn run(cli: Cli) -> Result<()> {
                 ModelConfig::Gpt2(_) => {
                     AutoTokenizer::from_pretrained(&preset)?.save_pretrained(&output)?
                 }
-                // No LLaMA tokenizer is bundled; its files come with the checkpoint.
-                ModelConfig::Llama(_) => {}
+                // No LLaMA/BLOOM/GLM/PanGu-α tokenizer is bundled; its files come with the
+                // checkpoint.
+                ModelConfig::Llama(_)
+                | ModelConfig::Bloom(_)
+                | ModelConfig::Glm(_)
+                | ModelConfig::PanguAlpha(_) => {}
             }
             writeln!(
                 out,

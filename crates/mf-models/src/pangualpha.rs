@@ -1,0 +1,665 @@
+//! PanGu-α (MindFormers' `PanguAlphaHeadModel`): learned token and position embeddings,
+//! `num_layers - 1` GPT-style pre-LayerNorm layers, a LayerNorm, then the *top query layer*,
+//! whose attention query comes from a separate learned position embedding
+//! (`top_query_embedding`) while keys and values come from the hidden state; logits use the
+//! token embedding as the head. Written from the PanGu-α paper (Zeng et al. 2021, §3.1) and
+//! MindFormers' model card; no Hugging Face class exists, so the parity reference is the plain
+//! PyTorch implementation in `tools/reference/pangualpha_reference.py`.
+//!
+//! Parameter names follow MindFormers' module hierarchy (`backbone.blocks.N.attention.dense1`,
+//! `backbone.top_query_layer...`, `embedding_table`) with PyTorch's `weight`/`bias` and
+//! `[out, in]` linear layout, as the reference's `state_dict` has them.
+//!
+//! Tensor parallelism: `dense1`/`dense2`/`dense3` (q/k/v) and `mapping` are column-parallel,
+//! the two `projection`s row-parallel, so a rank holds whole heads.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mf_core::checkpoint::{load_parameters, save_safetensors, LoadSpec, SafeTensors, WEIGHTS_NAME};
+use mf_core::{invalid, DType, Device, MfError, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+use crate::generation::GenerationConfig;
+use crate::layers::{
+    attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache, LayerNorm,
+    RowParallelLinear, TensorParallel, WeightLayout,
+};
+use crate::llama::{ids, opt_id};
+use crate::model::{CausalLM, ForwardInput};
+
+/// PanGu-α hyperparameters under MindFormers' names.
+///
+/// MindFormers' `PanguAlphaConfig(hidden_size=768, ffn_hidden_size=768*4, num_layers=12,
+/// num_heads=12, checkpoint_name_or_path='')` is
+/// `PanguAlphaConfig { hidden_size: 768, ffn_hidden_size: 768 * 4, num_layers: 12,
+/// num_heads: 12, ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PanguAlphaConfig {
+    /// Always `pangualpha`.
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    #[serde(alias = "intermediate_size")]
+    pub ffn_hidden_size: usize,
+    /// Layers, the top query layer included.
+    #[serde(alias = "num_hidden_layers")]
+    pub num_layers: usize,
+    /// Attention heads per layer.
+    #[serde(alias = "num_attention_heads")]
+    pub num_heads: usize,
+    /// Number of learned positions (also the top query embedding's size).
+    #[serde(alias = "max_position_embeddings")]
+    pub seq_length: usize,
+    /// MLP activation: `fast_gelu` (MindSpore's x·sigmoid(1.702x)), `gelu`, `relu`.
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    pub layernorm_epsilon: f64,
+    /// Dropout on the embeddings (training only).
+    pub embedding_dropout_prob: f64,
+    /// Dropout on the attention and MLP outputs (training only).
+    pub hidden_dropout_rate: f64,
+    /// Dropout on attention probabilities (training only).
+    pub attention_dropout_rate: f64,
+    /// Residual taken after the LayerNorm instead of before it.
+    pub post_layernorm_residual: bool,
+    /// Std of the normal init.
+    pub initializer_range: f64,
+    /// Beginning-of-sequence id.
+    #[serde(deserialize_with = "opt_id")]
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence id(s).
+    #[serde(deserialize_with = "ids")]
+    pub eos_token_id: Vec<u32>,
+    /// Padding id.
+    #[serde(deserialize_with = "opt_id")]
+    pub pad_token_id: Option<u32>,
+    /// Use the KV cache when generating.
+    #[serde(alias = "use_cache")]
+    pub use_past: bool,
+    /// MindFormers' batch size (used by its static graphs; kept for config round-trips).
+    pub batch_size: usize,
+    /// A preset name or directory whose weights `PanguAlphaHeadModel::new` loads, as in
+    /// MindFormers; empty means random initialisation.
+    pub checkpoint_name_or_path: String,
+    /// Hugging Face hub repository of the preset's weights (none are published).
+    pub hub_repo: Option<String>,
+    /// Other `config.json` keys, kept so a saved config round-trips.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for PanguAlphaConfig {
+    /// MindFormers' `PanguAlphaConfig()` defaults: PanGu-α 2.6B shapes, 1024 positions.
+    fn default() -> Self {
+        PanguAlphaConfig {
+            model_type: "pangualpha".into(),
+            vocab_size: 40000,
+            hidden_size: 2560,
+            ffn_hidden_size: 2560 * 4,
+            num_layers: 32,
+            num_heads: 32,
+            seq_length: 1024,
+            hidden_act: "fast_gelu".into(),
+            layernorm_epsilon: 1e-5,
+            embedding_dropout_prob: 0.1,
+            hidden_dropout_rate: 0.1,
+            attention_dropout_rate: 0.1,
+            post_layernorm_residual: false,
+            initializer_range: 0.02,
+            bos_token_id: None,
+            eos_token_id: vec![8],
+            pad_token_id: Some(6),
+            use_past: false,
+            batch_size: 1,
+            checkpoint_name_or_path: String::new(),
+            hub_repo: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys of a saved config that are recomputed on save.
+const NOT_SAVED: &[&str] = &[
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "tie_word_embeddings",
+];
+
+fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
+    Ok(match name {
+        // MindSpore's FastGeLU: x / (1 + exp(-1.702|x|)) * exp(0.851(x - |x|)) = x·σ(1.702x).
+        "fast_gelu" => |x| x * (x * 1.702).sigmoid(),
+        "gelu" => |x| x.gelu("none"),
+        "relu" => |x| x.relu(),
+        other => {
+            return Err(invalid(format!(
+                "activation '{other}' is not supported; use fast_gelu, gelu or relu"
+            )))
+        }
+    })
+}
+
+impl PanguAlphaConfig {
+    /// `PanguAlphaConfig.from_pretrained(name_or_dir)`: a preset name or a directory's
+    /// `config.json`.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Self> {
+        crate::auto::AutoConfig::from_pretrained(name_or_dir)?.into_pangualpha()
+    }
+
+    /// Reads a `config.json` (MindFormers key names).
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let cfg: PanguAlphaConfig = mf_core::config::read_json(path)?;
+        cfg.validate(&path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    /// Checks the values make a buildable model.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |m: String| Err(MfError::config(origin, m));
+        if self.model_type != "pangualpha" {
+            return err(format!(
+                "model_type is '{}', not 'pangualpha'",
+                self.model_type
+            ));
+        }
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.ffn_hidden_size == 0
+            || self.num_heads == 0
+            || self.seq_length == 0
+        {
+            return err(
+                "vocab_size, hidden_size, ffn_hidden_size, num_heads and seq_length must be \
+                 positive"
+                    .into(),
+            );
+        }
+        if self.num_layers < 1 {
+            return err("num_layers must be at least 1 (the top query layer)".into());
+        }
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
+            return err(format!(
+                "hidden_size {} is not divisible by num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        for (name, p) in [
+            ("embedding_dropout_prob", self.embedding_dropout_prob),
+            ("hidden_dropout_rate", self.hidden_dropout_rate),
+            ("attention_dropout_rate", self.attention_dropout_rate),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return err(format!("{name} = {p} is not in [0, 1)"));
+            }
+        }
+        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        Ok(())
+    }
+
+    /// Parameter count of the model this config builds, computed without allocating it.
+    pub fn num_parameters(&self) -> usize {
+        let (h, f) = (self.hidden_size, self.ffn_hidden_size);
+        let layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 4 * h;
+        (self.vocab_size + 2 * self.seq_length) * h + self.num_layers * layer + 2 * h
+    }
+
+    /// The `config.json` content (MindFormers' key names, which the reference reads).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::Map::new();
+        for (k, val) in &self.extra {
+            if !NOT_SAVED.contains(&k.as_str()) {
+                v.insert(k.clone(), val.clone());
+            }
+        }
+        let eos = match self.eos_token_id.as_slice() {
+            [one] => serde_json::json!(one),
+            [] => serde_json::Value::Null,
+            many => serde_json::json!(many),
+        };
+        let j = serde_json::json!({
+            "model_type": "pangualpha",
+            "architectures": ["PanguAlphaHeadModel"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": self.ffn_hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "seq_length": self.seq_length,
+            "hidden_act": self.hidden_act,
+            "layernorm_epsilon": self.layernorm_epsilon,
+            "embedding_dropout_prob": self.embedding_dropout_prob,
+            "hidden_dropout_rate": self.hidden_dropout_rate,
+            "attention_dropout_rate": self.attention_dropout_rate,
+            "post_layernorm_residual": self.post_layernorm_residual,
+            "initializer_range": self.initializer_range,
+            "tie_word_embeddings": true,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "use_past": self.use_past,
+            "batch_size": self.batch_size,
+        });
+        if let serde_json::Value::Object(m) = j {
+            v.extend(m);
+        }
+        serde_json::Value::Object(v)
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    layernorm1: LayerNorm,
+    dense1: ColumnParallelLinear,
+    dense2: ColumnParallelLinear,
+    dense3: ColumnParallelLinear,
+    attn_projection: RowParallelLinear,
+    layernorm2: LayerNorm,
+    mapping: ColumnParallelLinear,
+    projection: RowParallelLinear,
+}
+
+impl Layer {
+    fn new(p: &nn::Path, c: &PanguAlphaConfig, tp: TensorParallel) -> Result<Self> {
+        let (h, f, std, eps) = (
+            c.hidden_size,
+            c.ffn_hidden_size,
+            c.initializer_range,
+            c.layernorm_epsilon,
+        );
+        let lay = WeightLayout::OutIn;
+        let (a, o) = (p / "attention", p / "output");
+        let col = |q: &nn::Path, name: &str, inp: usize, out: usize| {
+            ColumnParallelLinear::new(&(q / name), inp, out, true, lay, tp, std)
+        };
+        let row = |q: &nn::Path, name: &str, inp: usize, out: usize| {
+            RowParallelLinear::new(&(q / name), inp, out, true, lay, tp, std)
+        };
+        Ok(Layer {
+            layernorm1: LayerNorm::new(&(p / "layernorm1"), h, eps),
+            dense1: col(&a, "dense1", h, h)?,
+            dense2: col(&a, "dense2", h, h)?,
+            dense3: col(&a, "dense3", h, h)?,
+            attn_projection: row(&a, "projection", h, h)?,
+            layernorm2: LayerNorm::new(&(p / "layernorm2"), h, eps),
+            mapping: col(&o, "mapping", h, f)?,
+            projection: row(&o, "projection", f, h)?,
+        })
+    }
+}
+
+/// The PanGu-α language model with its (embedding-tied) head.
+pub struct PanguAlphaHeadModel {
+    config: PanguAlphaConfig,
+    vs: nn::VarStore,
+    word_embedding: Tensor,
+    position_embedding: Tensor,
+    top_query_embedding: Tensor,
+    blocks: Vec<Layer>,
+    layernorm: LayerNorm,
+    top_query_layer: Layer,
+    heads: i64,
+    head_dim: i64,
+    act: fn(&Tensor) -> Tensor,
+}
+
+impl std::fmt::Debug for PanguAlphaHeadModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PanguAlphaHeadModel")
+            .field("config", &self.config)
+            .field("parameters", &self.num_parameters())
+            .finish()
+    }
+}
+
+impl PanguAlphaHeadModel {
+    /// A randomly initialised model (normal(0, initializer_range), norms 1, biases 0) on the
+    /// CPU in f32; with `checkpoint_name_or_path` set, that checkpoint's weights are loaded.
+    pub fn new(config: &PanguAlphaConfig) -> Result<Self> {
+        let model = Self::with_parallel(config, TensorParallel::single())?;
+        if !config.checkpoint_name_or_path.is_empty() {
+            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+            model.load_weights(&SafeTensors::open(&dir)?)?;
+        }
+        Ok(model)
+    }
+
+    /// A randomly initialised model at a tensor-parallel position.
+    pub fn with_parallel(config: &PanguAlphaConfig, tp: TensorParallel) -> Result<Self> {
+        config.validate("PanguAlphaConfig")?;
+        let heads = HeadShard::plan(config.num_heads, config.num_heads, tp.rank, tp.world_size)?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let bb = &root / "backbone";
+        let h = config.hidden_size as i64;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: config.initializer_range,
+        };
+        let emb = &bb / "embedding";
+        let word_embedding = (&emb / "word_embedding").var(
+            "embedding_table",
+            &[config.vocab_size as i64, h],
+            normal,
+        );
+        let position_embedding = (&emb / "position_embedding").var(
+            "embedding_table",
+            &[config.seq_length as i64, h],
+            normal,
+        );
+        let blocks = (0..config.num_layers - 1)
+            .map(|i| Layer::new(&(&bb / "blocks" / i), config, tp))
+            .collect::<Result<Vec<_>>>()?;
+        let layernorm = LayerNorm::new(
+            &(&bb / "layernorm"),
+            config.hidden_size,
+            config.layernorm_epsilon,
+        );
+        let top_query_embedding = (&bb / "top_query_embedding").var(
+            "embedding_table",
+            &[config.seq_length as i64, h],
+            normal,
+        );
+        let top_query_layer = Layer::new(&(&bb / "top_query_layer"), config, tp)?;
+        Ok(PanguAlphaHeadModel {
+            act: activation(&config.hidden_act)?,
+            heads: heads.q_heads as i64,
+            head_dim: (config.hidden_size / config.num_heads) as i64,
+            config: config.clone(),
+            vs,
+            word_embedding,
+            position_embedding,
+            top_query_embedding,
+            blocks,
+            layernorm,
+            top_query_layer,
+        })
+    }
+
+    /// `PanguAlphaHeadModel.from_pretrained(name_or_dir)`: a preset name (weights from
+    /// `$MF_HOME` or the HF cache) or a directory written by `save_pretrained`.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Self> {
+        let dir = crate::auto::resolve_model_dir(name_or_dir)?;
+        Self::from_dir(&dir)
+    }
+
+    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(MfError::NotFound(format!(
+                "{}: no config.json in this directory",
+                dir.display()
+            )));
+        }
+        let mut config = PanguAlphaConfig::from_json_file(&cfg_path)?;
+        // The directory's weights are loaded below, not a second time through the config.
+        config.checkpoint_name_or_path.clear();
+        let model = Self::new(&config)?;
+        model.load_weights(&SafeTensors::open(dir)?)?;
+        Ok(model)
+    }
+
+    /// The config the model was built from.
+    pub fn config(&self) -> &PanguAlphaConfig {
+        &self.config
+    }
+
+    /// The variable store holding every parameter (for optimizers).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// One layer; with `query` (the top query layer) the attention query is projected from it
+    /// rather than from the normalised hidden state.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        i: usize,
+        l: &Layer,
+        x: &Tensor,
+        query: Option<&Tensor>,
+        mask: &AttnMask,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.size3()?;
+        let (nh, hd) = (self.heads, self.head_dim);
+        let c = &self.config;
+        let ln = l.layernorm1.forward(x);
+        let split = |y: Tensor| y.view([b, t, nh, hd]).transpose(1, 2);
+        let q = split(l.dense1.forward(query.unwrap_or(&ln)));
+        let k = split(l.dense2.forward(&ln));
+        let v = split(l.dense3.forward(&ln));
+        let (k, v) = match cache {
+            Some(cache) => cache.append(i, &k, &v)?,
+            None => (k, v),
+        };
+        let p_attn = if train { c.attention_dropout_rate } else { 0.0 };
+        let attn = sdpa(&q, &k, &v, mask, p_attn)
+            .transpose(1, 2)
+            .reshape([b, t, nh * hd]);
+        let attn = l
+            .attn_projection
+            .forward(&attn)
+            .dropout(c.hidden_dropout_rate, train);
+        let residual = if c.post_layernorm_residual { &ln } else { x };
+        let x = residual + attn;
+        let ln = l.layernorm2.forward(&x);
+        let m = l
+            .projection
+            .forward(&(self.act)(&l.mapping.forward(&ln)))
+            .dropout(c.hidden_dropout_rate, train);
+        let residual = if c.post_layernorm_residual { &ln } else { &x };
+        Ok(residual + m)
+    }
+}
+
+impl CausalLM for PanguAlphaHeadModel {
+    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let ids = input
+            .input_ids
+            .ok_or_else(|| invalid("PanGu-α forward needs input_ids"))?;
+        let dev = self.word_embedding.device();
+        let ids = ids.to_device(dev);
+        let (b, t) = ids.size2().map_err(|_| {
+            invalid(format!(
+                "input_ids must be [batch, len], got {:?}",
+                ids.size()
+            ))
+        })?;
+        let past = cache.as_ref().map_or(0, |c| c.len()) as i64;
+        if let Some(am) = input.attention_mask {
+            if am.size() != [b, past + t] {
+                return Err(MfError::Shape(format!(
+                    "attention_mask is {:?}, expected [{b}, {}]",
+                    am.size(),
+                    past + t
+                )));
+            }
+        }
+        let pos = match input.position_ids {
+            Some(p) if p.size() != [b, t] => {
+                return Err(MfError::Shape(format!(
+                    "position_ids is {:?}, expected [{b}, {t}]",
+                    p.size()
+                )))
+            }
+            Some(p) => p.to_device(dev),
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, dev))
+                .unsqueeze(0)
+                .expand([b, t], false),
+        };
+        let max_pos = self.config.seq_length as i64;
+        if t > 0 && (pos.max().int64_value(&[]) >= max_pos || pos.min().int64_value(&[]) < 0) {
+            return Err(invalid(format!(
+                "position {} is outside the {max_pos} learned positions (seq_length)",
+                pos.max().int64_value(&[])
+            )));
+        }
+        let max_id = self.config.vocab_size as i64;
+        if t > 0 && (ids.max().int64_value(&[]) >= max_id || ids.min().int64_value(&[]) < 0) {
+            return Err(invalid(format!(
+                "input_ids contain a token id outside [0, {max_id})"
+            )));
+        }
+        let embed = |table: &Tensor, idx: &Tensor| Tensor::embedding(table, idx, -1, false, false);
+        let mut x = (embed(&self.word_embedding, &ids) + embed(&self.position_embedding, &pos))
+            .dropout(self.config.embedding_dropout_prob, input.train);
+        let mask = attention_mask(input.attention_mask, past, t, dev);
+        for (i, l) in self.blocks.iter().enumerate() {
+            x = self.layer_forward(i, l, &x, None, &mask, cache.as_deref_mut(), input.train)?;
+        }
+        let x = self.layernorm.forward(&x);
+        let query = embed(&self.top_query_embedding, &pos);
+        let x = self.layer_forward(
+            self.blocks.len(),
+            &self.top_query_layer,
+            &x,
+            Some(&query),
+            &mask,
+            cache.as_deref_mut(),
+            input.train,
+        )?;
+        if let Some(c) = cache {
+            c.advance(t as usize);
+        }
+        let x = if input.last_only {
+            x.narrow(1, t - 1, 1)
+        } else {
+            x
+        };
+        Ok(x.matmul(&self.word_embedding.tr()))
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.config.num_layers, capacity)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.config.seq_length)
+    }
+
+    fn device(&self) -> tch::Device {
+        self.word_embedding.device()
+    }
+
+    fn generation_config(&self) -> GenerationConfig {
+        GenerationConfig {
+            bos_token_id: self.config.bos_token_id,
+            eos_token_id: self.config.eos_token_id.clone(),
+            pad_token_id: self
+                .config
+                .pad_token_id
+                .or(self.config.eos_token_id.first().copied()),
+            use_past: self.config.use_past,
+            ..GenerationConfig::default()
+        }
+    }
+
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
+        let tensors = self.parameters();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(dir.join(WEIGHTS_NAME), &tensors, Some(meta))?;
+        let mut cfg = self.config.to_hf_json();
+        cfg["torch_dtype"] = serde_json::Value::String(
+            match DType::from_kind(self.word_embedding.kind()) {
+                Some(DType::BF16) => "bfloat16",
+                Some(DType::F16) => "float16",
+                _ => "float32",
+            }
+            .into(),
+        );
+        mf_core::config::write_json(dir.join("config.json"), &cfg)
+    }
+
+    fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
+        let dev = device.to_tch()?;
+        // set_device/set_kind replace each variable's data in place, so the layers' handles
+        // see the change.
+        self.vs.set_device(dev);
+        self.vs.set_kind(dtype.kind());
+        Ok(())
+    }
+
+    /// Names are matched exactly (`backbone.` prefix included).
+    fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
+        let params = self.vs.variables();
+        let rename = |name: &str| -> Option<String> { Some(name.to_string()) };
+        let ignore = |_: &str| false;
+        load_parameters(
+            ckpt,
+            &params,
+            &LoadSpec {
+                rename: &rename,
+                ignore: &ignore,
+            },
+        )
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mindformers_seed_config_builds() {
+        // PanguAlphaConfig(hidden_size=768, ffn_hidden_size=768*4, num_layers=12,
+        // num_heads=12, checkpoint_name_or_path='')
+        let c = PanguAlphaConfig {
+            hidden_size: 768,
+            ffn_hidden_size: 768 * 4,
+            num_layers: 12,
+            num_heads: 12,
+            checkpoint_name_or_path: String::new(),
+            ..Default::default()
+        };
+        c.validate("seed").unwrap();
+        assert_eq!(
+            c.num_parameters(),
+            (40000 + 2 * 1024) * 768
+                + 12 * (4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 4 * 768)
+                + 2 * 768
+        );
+    }
+
+    #[test]
+    fn fast_gelu_matches_mindspore_formula() {
+        let x = Tensor::from_slice(&[-3.0f32, -0.5, 0.0, 0.7, 2.5]);
+        let ax = x.abs();
+        let ms = &x / ((&ax * -1.702).exp() + 1.0) * ((&x - &ax) * 0.851).exp();
+        let d = (activation("fast_gelu").unwrap()(&x) - ms)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(d < 1e-6, "{d}");
+    }
+}
