@@ -16,6 +16,12 @@ use mindformers::{
 };
 use tch::Tensor;
 
+/// libtorch's random generator is process-global: tests that seed it take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny_gpt2(seed: i64) -> GPT2LMHeadModel {
     tch::manual_seed(seed);
     GPT2LMHeadModel::new(&GPT2Config {
@@ -84,6 +90,7 @@ fn args(out: &Path) -> TrainingArguments {
 
 #[test]
 fn lora_finetune_trains_only_adapters_and_round_trips() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny_gpt2(0);
     let before = logits(&model);
@@ -177,6 +184,7 @@ fn lora_finetune_trains_only_adapters_and_round_trips() {
 
 #[test]
 fn lora_on_llama_and_bad_configs() {
+    let _serial = serial();
     tch::manual_seed(1);
     let mut m = LlamaForCausalLM::new(&LlamaConfig {
         vocab_size: 64,
@@ -222,4 +230,37 @@ fn lora_on_llama_and_bad_configs() {
     assert!(e.contains("r >= 1"), "{e}");
     let e = lora::merge_lora(&mut fresh).unwrap_err().to_string();
     assert!(e.contains("no LoRA adapters"), "{e}");
+}
+
+#[test]
+fn lora_merge_matches_adapters_in_every_family() {
+    let _serial = serial();
+    for (fixture, targets, layers) in [
+        ("bloom_tiny", vec!["query_key_value", "dense_4h_to_h"], 4),
+        ("glm_tiny", vec!["q_proj", "gate_up_proj"], 4),
+        ("pangualpha_tiny", vec!["dense1", "mapping"], 0),
+        ("llama_tiny_gqa", vec!["k_proj", "down_proj"], 4),
+    ] {
+        let dir = common::fixtures().join(fixture);
+        let mut m = mindformers::AutoModel::from_pretrained(dir.to_str().unwrap()).unwrap();
+        let before = logits(m.as_ref());
+        let s = lora::apply_lora(m.as_mut(), &LoraConfig::new(2, 4.0, &targets)).unwrap();
+        if layers > 0 {
+            assert_eq!(s.adapted_layers, layers, "{fixture}");
+        }
+        assert_eq!(max_abs_diff(&logits(m.as_ref()), &before), 0.0, "{fixture}");
+        // Random B makes the adapters matter; merging must reproduce them in the weights.
+        tch::manual_seed(9);
+        for (_, t) in lora::lora_parameters(m.as_mut()) {
+            let _g = tch::no_grad_guard();
+            t.shallow_clone().copy_(&(Tensor::randn_like(&t) * 0.05));
+        }
+        let adapted = logits(m.as_ref());
+        assert!(max_abs_diff(&adapted, &before) > 1e-4, "{fixture}");
+        lora::merge_lora(m.as_mut()).unwrap();
+        assert!(
+            max_abs_diff(&logits(m.as_ref()), &adapted) < 1e-4,
+            "{fixture}"
+        );
+    }
 }

@@ -444,7 +444,10 @@ impl BloomForCausalLM {
             x
         };
         // BLOOM's fused layout: per head, q then k then v.
-        let qkv = blk.query_key_value.forward(&ln).view([b, t, nh, 3, hd]);
+        let qkv = blk
+            .query_key_value
+            .forward_t(&ln, train)
+            .view([b, t, nh, 3, hd]);
         let part = |j: i64| qkv.select(3, j).transpose(1, 2);
         let (q, k, v) = (part(0), part(1), part(2));
         let (k, v) = match cache {
@@ -460,7 +463,7 @@ impl BloomForCausalLM {
             .transpose(1, 2)
             .reshape([b, t, nh * hd]);
         let p = self.config.hidden_dropout;
-        let x = residual + blk.dense.forward(&attn).dropout(p, train);
+        let x = residual + blk.dense.forward_t(&attn, train).dropout(p, train);
         let ln = blk.post_attention_layernorm.forward(&x);
         let residual = if self.config.apply_residual_connection_post_layernorm {
             &ln
@@ -469,7 +472,7 @@ impl BloomForCausalLM {
         };
         let m = blk
             .dense_4h_to_h
-            .forward(&bloom_gelu(&blk.dense_h_to_4h.forward(&ln)));
+            .forward_t(&bloom_gelu(&blk.dense_h_to_4h.forward_t(&ln, train)), train);
         Ok(residual + m.dropout(p, train))
     }
 }
@@ -621,6 +624,21 @@ impl CausalLM for BloomForCausalLM {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
+        let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("transformer.h.{i}");
+            v.push((
+                format!("{p}.self_attention.query_key_value"),
+                &mut b.query_key_value,
+            ));
+            v.push((format!("{p}.self_attention.dense"), &mut b.dense));
+            v.push((format!("{p}.mlp.dense_h_to_4h"), &mut b.dense_h_to_4h));
+            v.push((format!("{p}.mlp.dense_4h_to_h"), &mut b.dense_4h_to_h));
+        }
         v
     }
 

@@ -508,9 +508,9 @@ impl GlmForCausalLM {
         let (nq, nkv) = (self.heads.q_heads as i64, self.heads.kv_heads as i64);
         let h = l.input_layernorm.forward(x);
         let split = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2);
-        let q = apply_rotary_interleaved(&split(l.q_proj.forward(&h), nq), cos, sin);
-        let k = apply_rotary_interleaved(&split(l.k_proj.forward(&h), nkv), cos, sin);
-        let v = split(l.v_proj.forward(&h), nkv);
+        let q = apply_rotary_interleaved(&split(l.q_proj.forward_t(&h, train), nq), cos, sin);
+        let k = apply_rotary_interleaved(&split(l.k_proj.forward_t(&h, train), nkv), cos, sin);
+        let v = split(l.v_proj.forward_t(&h, train), nkv);
         let (k, v) = match cache {
             Some(c) => c.append(i, &k, &v)?,
             None => (k, v),
@@ -523,11 +523,11 @@ impl GlmForCausalLM {
         let attn = sdpa(&q, &k, &v, mask, dropout)
             .transpose(1, 2)
             .reshape([b, t, nq * hd]);
-        let x = x + l.o_proj.forward(&attn);
+        let x = x + l.o_proj.forward_t(&attn, train);
         let h = l.post_attention_layernorm.forward(&x);
-        let gate_up = l.gate_up_proj.forward(&h).chunk(2, -1);
+        let gate_up = l.gate_up_proj.forward_t(&h, train).chunk(2, -1);
         let m = &gate_up[1] * (self.act)(&gate_up[0]);
-        Ok(x + l.down_proj.forward(&m))
+        Ok(x + l.down_proj.forward_t(&m, train))
     }
 }
 
@@ -688,6 +688,20 @@ impl CausalLM for GlmForCausalLM {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
+        let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            v.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            v.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            v.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            v.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            v.push((format!("{p}.mlp.gate_up_proj"), &mut l.gate_up_proj));
+            v.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
         v
     }
 

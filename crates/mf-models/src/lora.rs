@@ -199,9 +199,7 @@ pub fn apply_lora(model: &mut dyn CausalLM, cfg: &LoraConfig) -> Result<LoraSumm
     let total_base: usize = base.iter().map(|(_, t)| t.numel()).sum();
     let layers = model.lora_layers();
     if layers.is_empty() {
-        return Err(invalid(
-            "this model family has no LoRA-capable layers yet (GPT-2 and LLaMA do)",
-        ));
+        return Err(invalid("this model has no LoRA-capable linear layers"));
     }
     let names: Vec<String> = layers.iter().map(|(n, _)| n.clone()).collect();
     let mut adapted = 0;

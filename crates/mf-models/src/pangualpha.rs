@@ -436,9 +436,9 @@ impl PanguAlphaHeadModel {
         let c = &self.config;
         let ln = l.layernorm1.forward(x);
         let split = |y: Tensor| y.view([b, t, nh, hd]).transpose(1, 2);
-        let q = split(l.dense1.forward(query.unwrap_or(&ln)));
-        let k = split(l.dense2.forward(&ln));
-        let v = split(l.dense3.forward(&ln));
+        let q = split(l.dense1.forward_t(query.unwrap_or(&ln), train));
+        let k = split(l.dense2.forward_t(&ln, train));
+        let v = split(l.dense3.forward_t(&ln, train));
         let (k, v) = match cache {
             Some(cache) => cache.append(i, &k, &v)?,
             None => (k, v),
@@ -449,14 +449,14 @@ impl PanguAlphaHeadModel {
             .reshape([b, t, nh * hd]);
         let attn = l
             .attn_projection
-            .forward(&attn)
+            .forward_t(&attn, train)
             .dropout(c.hidden_dropout_rate, train);
         let residual = if c.post_layernorm_residual { &ln } else { x };
         let x = residual + attn;
         let ln = l.layernorm2.forward(&x);
         let m = l
             .projection
-            .forward(&(self.act)(&l.mapping.forward(&ln)))
+            .forward_t(&(self.act)(&l.mapping.forward_t(&ln, train)), train)
             .dropout(c.hidden_dropout_rate, train);
         let residual = if c.post_layernorm_residual { &ln } else { &x };
         Ok(residual + m)
@@ -614,6 +614,28 @@ impl CausalLM for PanguAlphaHeadModel {
     fn parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
+        let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
+        let layers = self
+            .blocks
+            .iter_mut()
+            .enumerate()
+            .map(|(i, l)| (format!("backbone.blocks.{i}"), l))
+            .chain(std::iter::once((
+                "backbone.top_query_layer".to_string(),
+                &mut self.top_query_layer,
+            )));
+        for (p, l) in layers {
+            v.push((format!("{p}.attention.dense1"), &mut l.dense1));
+            v.push((format!("{p}.attention.dense2"), &mut l.dense2));
+            v.push((format!("{p}.attention.dense3"), &mut l.dense3));
+            v.push((format!("{p}.attention.projection"), &mut l.attn_projection));
+            v.push((format!("{p}.output.mapping"), &mut l.mapping));
+            v.push((format!("{p}.output.projection"), &mut l.projection));
+        }
         v
     }
 
