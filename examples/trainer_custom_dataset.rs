@@ -1,9 +1,9 @@
-//! Trainer with a custom GeneratorDataset, model and arguments (the seed's third Trainer snippet).
-//!
-//! The seed trains PanguAlpha 2.6B; until that family lands this twin trains a GPT-2 with the
-//! seed's 1024-token samples. A CPU cannot run the full 3 epochs in reasonable time, so
-//! `MF_EXAMPLE_MAX_STEPS` (default 4) caps the optimizer steps.
-use mindformers::{GPT2Config, GPT2LMHeadModel, GeneratorDataset, Trainer, TrainingArguments};
+//! Trainer with a custom GeneratorDataset, model and arguments (the seed's third Trainer snippet):
+//! `pangu_model = AutoModel.from_pretrained("pangualpha_2_6b")` trained on the seed's
+//! 1025-token samples. The weights come from `$MF_HOME/pangualpha_2_6b/` (MindFormers ships
+//! them as MindSpore checkpoints; see configs/pangualpha/pangualpha_2_6b.toml). A CPU cannot
+//! run 3 epochs of a 2.6B model, so `MF_EXAMPLE_MAX_STEPS` (default 4) caps the optimizer steps.
+use mindformers::{AutoModel, GeneratorDataset, Trainer, TrainingArguments};
 use rand::Rng;
 
 fn main() -> mindformers::Result<()> {
@@ -27,16 +27,11 @@ fn main() -> mindformers::Result<()> {
         output_dir: std::env::var("MF_EXAMPLE_OUTPUT").unwrap_or_else(|_| "./output".into()),
         ..Default::default()
     };
-    let model = GPT2LMHeadModel::new(&GPT2Config {
-        hidden_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        ..Default::default()
-    })?;
+    let pangu_model = AutoModel::from_pretrained("pangualpha_2_6b")?;
     let dataset = GeneratorDataset::new(generator(), &["input_ids"])?;
     let train_dataset = dataset.clone().batch(4, false)?;
     let eval_dataset = dataset.take(8).batch(4, false)?;
-    let mut text_generation = Trainer::new("text_generation", Box::new(model), training_args)?
+    let mut text_generation = Trainer::new("text_generation", pangu_model, training_args)?
         .train_dataset(train_dataset)?
         .eval_dataset(eval_dataset)?;
     let out = text_generation.train()?;

@@ -7,6 +7,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mindformers::CausalLM;
+
 fn example_bin(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; cargo builds examples beside them.
     let exe = std::env::current_exe().unwrap();
@@ -150,11 +152,25 @@ fn seed_trainer_examples_run() {
             && out.contains("warmup_steps = 1000"),
         "{out}"
     );
+    // A small stand-in for PanGu-α 2.6B (same family and context length, random weights).
+    tch::manual_seed(0);
+    mindformers::PanguAlphaHeadModel::new(&mindformers::PanguAlphaConfig {
+        hidden_size: 32,
+        ffn_hidden_size: 64,
+        num_layers: 2,
+        num_heads: 2,
+        ..Default::default()
+    })
+    .unwrap()
+    .save_pretrained(&home.path().join("pangualpha_2_6b"))
+    .unwrap();
     let stdout = run_env(
         "trainer_custom_dataset",
         &[
             ("MF_EXAMPLE_MAX_STEPS", OsStr::new("2")),
-            ("MF_EXAMPLE_OUTPUT", home.path().as_os_str()),
+            ("MF_EXAMPLE_OUTPUT", home.path().join("out").as_os_str()),
+            ("MF_HOME", home.path().as_os_str()),
+            ("MF_OFFLINE", OsStr::new("1")),
         ],
     );
     assert!(
