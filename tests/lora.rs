@@ -264,3 +264,24 @@ fn lora_merge_matches_adapters_in_every_family() {
         );
     }
 }
+
+#[test]
+fn lora_preset_names_build_base_plus_adapters() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let t = Trainer::new("text_generation", "gpt2_lora", args(dir.path())).unwrap();
+    let mut t = t;
+    let params = lora::lora_parameters(t.model_mut());
+    // PEFT reports 294,912 trainable parameters for GPT-2 small with r=8 on c_attn.
+    assert_eq!(
+        params.iter().map(|(_, p)| p.numel()).sum::<usize>(),
+        294_912
+    );
+    let p = lora::preset("llama_7b_lora").unwrap().unwrap();
+    assert_eq!(p.base_model, "llama_7b");
+    assert_eq!(
+        p.lora.target_modules,
+        ["q_proj", "k_proj", "v_proj", "o_proj"]
+    );
+    assert!(lora::preset("gpt2").unwrap().is_none());
+}

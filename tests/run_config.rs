@@ -113,6 +113,61 @@ fn train_eval_predict_and_finetune() {
     args.extend(["--run-mode", "finetune", "--load-checkpoint", c]);
     let ft = success(mf_run(&tuned, &args).output().unwrap());
     assert!(ft.contains("finetune: 6 steps done"), "{ft}");
+
+    // LoRA finetune through MindFormers' pet_config, then predict with the adapters.
+    let pet = "model.model_config.pet_config={pet_type=\"lora\", lora_rank=4, lora_alpha=8, target_modules=[\"c_attn\"]}";
+    let lora_out = dir.path().join("lora");
+    let mut args = SHORT.to_vec();
+    args.extend([
+        "--run-mode",
+        "finetune",
+        "--load-checkpoint",
+        c,
+        "--set",
+        pet,
+    ]);
+    let ft = success(mf_run(&lora_out, &args).output().unwrap());
+    // c_attn of 2 layers, hidden 64: 2 * 4 * (64 + 192) adapter weights.
+    assert!(ft.contains("trainable parameters: 2048 of"), "{ft}");
+    let lora_ckpt = lora_out.join("checkpoint/step_6");
+    assert!(lora_ckpt.join("adapter_model.safetensors").is_file());
+    let l = lora_ckpt.to_str().unwrap();
+    let pred = success(
+        mf_run(
+            &lora_out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                l,
+                "--set",
+                pet,
+                "--predict-data",
+                prompt,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(pred.starts_with(prompt), "{pred}");
+    let e = failure_line(
+        mf_run(
+            &lora_out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                c,
+                "--set",
+                pet,
+                "--predict-data",
+                prompt,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(e.contains("adapter_model.safetensors"), "{e}");
 }
 
 #[test]

@@ -180,6 +180,53 @@ impl LoraConfig {
     }
 }
 
+/// Model names with LoRA settings (MindFormers' `gpt2_lora`, `llama_7b_lora`, ...).
+static PRESETS: &[(&str, &str)] = &[
+    (
+        "gpt2_lora",
+        include_str!("../../../configs/lora/gpt2_lora.toml"),
+    ),
+    (
+        "llama_7b_lora",
+        include_str!("../../../configs/lora/llama_7b_lora.toml"),
+    ),
+    (
+        "llama2_7b_lora",
+        include_str!("../../../configs/lora/llama2_7b_lora.toml"),
+    ),
+];
+
+/// A LoRA preset: the base model preset and the adapter settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraPreset {
+    /// The base model's preset name.
+    pub base_model: String,
+    /// One line for `mf presets`.
+    pub description: String,
+    /// The adapter settings.
+    pub lora: LoraConfig,
+}
+
+/// Names of the LoRA presets.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(n, _)| *n).collect()
+}
+
+/// The LoRA preset called `name`, if there is one.
+pub fn preset(name: &str) -> Result<Option<LoraPreset>> {
+    match PRESETS.iter().find(|(n, _)| *n == name) {
+        None => Ok(None),
+        Some((_, text)) => {
+            let mut p: LoraPreset = toml::from_str(text)
+                .map_err(|e| MfError::config(format!("preset {name}"), e.to_string()))?;
+            p.lora.base_model_name_or_path = Some(p.base_model.clone());
+            p.lora.validate()?;
+            Ok(Some(p))
+        }
+    }
+}
+
 /// What `apply_lora` did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSummary {

@@ -33,7 +33,7 @@ pub fn build_model(cfg: &RunConfig) -> Result<Box<dyn CausalLM>> {
         .model
         .model_config
         .iter()
-        .filter(|(k, _)| k.as_str() != "type")
+        .filter(|(k, _)| k.as_str() != "type" && k.as_str() != "pet_config")
         .map(|(k, v)| (k.clone(), v.to_string()))
         .collect();
     let config = AutoConfig::from_pretrained_with(&cfg.trainer.model_name, &sets)?;
@@ -53,6 +53,36 @@ pub fn build_model(cfg: &RunConfig) -> Result<Box<dyn CausalLM>> {
     let mut model = AutoModel::from_config(&config)?;
     model.to(cfg.context.device()?, DType::F32)?;
     Ok(model)
+}
+
+/// MindFormers' `model_config.pet_config` (`pet_type = "lora"`, `lora_rank`, `lora_alpha`,
+/// `lora_dropout`, `target_modules` as a list of layer names), if present.
+pub fn pet_config(cfg: &RunConfig) -> Result<Option<mf_models::LoraConfig>> {
+    let Some(v) = cfg.model.model_config.get("pet_config") else {
+        return Ok(None);
+    };
+    let mut t = v
+        .as_table()
+        .cloned()
+        .ok_or_else(|| invalid("model.model_config.pet_config must be a table"))?;
+    match t.remove("pet_type").as_ref().and_then(|p| p.as_str()) {
+        Some("lora") => {}
+        other => {
+            return Err(invalid(format!(
+            "model.model_config.pet_config.pet_type = {other:?}: the supported method is \"lora\""
+        )))
+        }
+    }
+    if t.get("target_modules").is_some_and(|v| v.is_str()) {
+        return Err(invalid(
+            "pet_config.target_modules: give a list of layer names (e.g. [\"q_proj\", \"v_proj\"]), not a regular expression",
+        ));
+    }
+    let lora: mf_models::LoraConfig = toml::Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(format!("model.model_config.pet_config: {e}")))?;
+    lora.validate()?;
+    Ok(Some(lora))
 }
 
 /// The tokenizer: `processor.tokenizer.path` (a preset name or directory), else the preset's.
@@ -126,6 +156,25 @@ fn weights_source(cfg: &RunConfig) -> &str {
     }
 }
 
+/// Loads the weights eval / predict run on: the base model, plus the adapters of a LoRA
+/// checkpoint when the config has a `pet_config`.
+fn load_for_inference(trainer: &mut Trainer, cfg: &RunConfig, lora: bool) -> Result<()> {
+    let dir = mf_models::auto::resolve_model_dir(weights_source(cfg))?;
+    trainer
+        .model_mut()
+        .load_weights(&SafeTensors::open(&dir)?)?;
+    if lora {
+        if !dir.join("adapter_model.safetensors").is_file() {
+            return Err(invalid(format!(
+                "pet_config is set but {} has no adapter_model.safetensors; point load_checkpoint at a LoRA checkpoint",
+                dir.display()
+            )));
+        }
+        mf_models::lora::load_adapter_weights(trainer.model_mut(), &dir)?;
+    }
+    Ok(())
+}
+
 /// Runs the config's mode, writing a human-readable report to `out`.
 pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Result<()> {
     let io = |e: std::io::Error| MfError::Io {
@@ -150,6 +199,7 @@ pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Res
         eval = Some(dataset(d, "eval_dataset", &tokenizer, model.as_ref())?);
     }
     let mut trainer = Trainer::new("text_generation", model, args.clone())?.tokenizer(tokenizer);
+    let lora = pet_config(cfg)?;
     if cfg.metric.as_ref().is_some_and(|m| m.kind == "Accuracy") {
         trainer = trainer.compute_metrics(crate::metrics::accuracy);
     }
@@ -157,6 +207,9 @@ pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Res
     trainer.set_recompute_config(cfg.recompute_config.clone())?;
     if let Some(e) = eval {
         trainer = trainer.eval_dataset(e)?;
+    }
+    if let Some(l) = &lora {
+        trainer = trainer.lora(l)?;
     }
     match mode {
         "train" | "finetune" => {
@@ -197,10 +250,7 @@ pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Res
             }
         }
         "eval" => {
-            let dir = mf_models::auto::resolve_model_dir(weights_source(cfg))?;
-            trainer
-                .model_mut()
-                .load_weights(&SafeTensors::open(&dir)?)?;
+            load_for_inference(&mut trainer, cfg, lora.is_some())?;
             let m = trainer.evaluate()?;
             let mut v = serde_json::json!({"eval_loss": m.eval_loss, "perplexity": m.perplexity, "batches": m.batches});
             for (k, x) in &m.metrics {
@@ -214,10 +264,7 @@ pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Res
                     "run_mode predict needs input text: --predict-data \"An increasing sequence: one,\"",
                 ));
             }
-            let dir = mf_models::auto::resolve_model_dir(weights_source(cfg))?;
-            trainer
-                .model_mut()
-                .load_weights(&SafeTensors::open(&dir)?)?;
+            load_for_inference(&mut trainer, cfg, lora.is_some())?;
             for text in trainer.predict(predict_data, &GenerationOverrides::default())? {
                 writeln!(out, "{text}").map_err(io)?;
             }

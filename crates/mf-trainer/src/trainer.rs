@@ -79,10 +79,17 @@ impl<M: CausalLM + 'static> IntoModel for Box<M> {
 }
 
 impl IntoModel for &str {
+    /// A LoRA preset (`gpt2_lora`) builds its base model and attaches the adapters.
     fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
-        let config = AutoConfig::from_pretrained(self)?;
+        let lora = mf_models::lora::preset(self)?;
+        let base = lora.as_ref().map_or(self, |p| p.base_model.as_str());
+        let config = AutoConfig::from_pretrained(base)?;
         tch::manual_seed(args.seed as i64);
-        AutoModel::from_config(&config)
+        let mut model = AutoModel::from_config(&config)?;
+        if let Some(p) = lora {
+            mf_models::lora::apply_lora(model.as_mut(), &p.lora)?;
+        }
+        Ok(model)
     }
 }
 

@@ -578,7 +578,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {
                 let p = mindformers::models::auto::preset(name)?;
-                writeln!(out, "{name:<12} {:<6} {}", p.model_type, p.description)?;
+                writeln!(out, "{name:<16} {:<10} {}", p.model_type, p.description)?;
+            }
+            for name in mindformers::models::lora::preset_names() {
+                if let Some(p) = mindformers::models::lora::preset(name)? {
+                    writeln!(out, "{name:<16} {:<10} {}", "lora", p.description)?;
+                }
             }
         }
     }
