@@ -1,5 +1,7 @@
-"""Decode speed of Hugging Face transformers `generate` (PyTorch eager) on a GPT-2 shaped model
-with random weights: the baseline `cargo xtask bench generate` compares mindformers-rs with.
+"""Decode speed of Hugging Face transformers `generate` (PyTorch eager) on a GPT-2 or LLaMA
+shaped model with random weights: the baseline `cargo xtask bench generate` compares
+mindformers-rs with. `--model llama` builds a ~125M LLaMA with grouped-query attention
+(12 layers, hidden 768, 12 heads, 4 kv heads, MLP 2048, vocabulary 32000).
 
 Prints one JSON line: {"impl", "batch", "prompt_len", "new_tokens", "seconds", "tokens_per_s",
 "peak_rss_mb", "threads"}.
@@ -10,7 +12,7 @@ import resource
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 def main():
@@ -23,11 +25,28 @@ def main():
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--model", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=2048)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
-    model = GPT2LMHeadModel(cfg).eval()
+    if args.model == "llama":
+        cfg = LlamaConfig(
+            vocab_size=32000,
+            hidden_size=args.hidden,
+            intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.heads,
+            num_key_value_heads=args.kv_heads,
+            max_position_embeddings=2048,
+        )
+        model = LlamaForCausalLM(cfg).eval()
+        pad = cfg.eos_token_id
+    else:
+        cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
+        model = GPT2LMHeadModel(cfg).eval()
+        pad = cfg.eos_token_id
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len))
     mask = torch.ones_like(ids)
     kwargs = dict(
@@ -36,7 +55,7 @@ def main():
         min_new_tokens=args.new_tokens,  # random weights may emit eos; keep the work fixed
         do_sample=False,
         num_beams=1,
-        pad_token_id=cfg.eos_token_id,
+        pad_token_id=pad,
     )
     with torch.inference_mode():
         model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up

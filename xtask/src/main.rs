@@ -249,7 +249,7 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str);
     if what != Some("generate") && what != Some("train") {
-        bail!("usage: cargo xtask bench generate|train [--threads N]");
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--threads N]");
     }
     let threads = args
         .windows(2)
@@ -267,6 +267,37 @@ fn bench(args: &[String]) -> Result<()> {
     if what == Some("train") {
         return bench_train(&mf, &threads);
     }
+    // `--model llama`: a ~125M LLaMA with grouped-query attention, the same shape on both sides.
+    let llama = args.windows(2).any(|w| w[0] == "--model" && w[1] == "llama");
+    let ours_model: Vec<&str> = if llama {
+        vec![
+            "--preset",
+            "llama2_7b",
+            "--set",
+            "num_layers=12",
+            "--set",
+            "hidden_size=768",
+            "--set",
+            "num_heads=12",
+            "--set",
+            "n_kv_heads=4",
+            "--set",
+            "intermediate_size=2048",
+            "--set",
+            "seq_length=2048",
+        ]
+    } else {
+        Vec::new()
+    };
+    let theirs_model: &[&str] = if llama { &["--model", "llama"] } else { &[] };
+    println!(
+        "model: {}",
+        if llama {
+            "LLaMA, 12 layers, hidden 768, 12 heads / 4 kv heads, MLP 2048, vocab 32000"
+        } else {
+            "GPT-2 small"
+        }
+    );
     // Best of 5 timed runs each: a 2-core VM is noisy, and the best run is the least disturbed.
     let repeats = "5";
     println!("| batch | mindformers-rs tok/s | transformers tok/s | ratio | mf peak RSS MiB | HF peak RSS MiB |");
@@ -284,11 +315,17 @@ fn bench(args: &[String]) -> Result<()> {
             "--repeats",
             repeats,
         ];
-        let ours = json_line(Command::new(&mf).arg("bench-generate").args(common))?;
+        let ours = json_line(
+            Command::new(&mf)
+                .arg("bench-generate")
+                .args(common)
+                .args(&ours_model),
+        )?;
         let theirs = json_line(
             Command::new(venv_python())
                 .arg(root().join("tools/bench/hf_generate.py"))
-                .args(common),
+                .args(common)
+                .args(theirs_model),
         )?;
         let (a, b) = (
             ours["tokens_per_s"].as_f64().unwrap_or(0.0),
@@ -387,7 +424,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate       decode speed against transformers (same machine, same run)\n  bench train          Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train          Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
             );
             bail!("unknown or missing command")
         }
