@@ -1,5 +1,7 @@
 """Training throughput of the PyTorch eager baseline (transformers GPT2LMHeadModel +
 torch.optim.AdamW) on random tokens: what `cargo xtask bench train` compares mindformers-rs with.
+`--bf16` runs forward under CPU bf16 autocast (f32 weights and optimizer), the PyTorch
+counterpart of the Trainer's `bf16 = true`.
 
 The loss is next-token cross-entropy on `seq_length + 1`-token samples (inputs = tokens[:-1],
 labels = tokens[1:]), as the mindformers-rs Trainer computes it. Prints one JSON line.
@@ -24,6 +26,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--bf16", action="store_true", help="torch.autocast(cpu, bfloat16), f32 weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -35,7 +38,8 @@ def main():
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         x = data[step]
-        logits = model(input_ids=x[:, :-1]).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
         loss.backward()
         opt.step()

@@ -249,7 +249,7 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str);
     if what != Some("generate") && what != Some("train") {
-        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--threads N]");
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N]");
     }
     let threads = args
         .windows(2)
@@ -265,10 +265,12 @@ fn bench(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "mindformers", "--bin", "mf"]))?;
     let mf = root().join("target/release/mf");
     if what == Some("train") {
-        return bench_train(&mf, &threads);
+        return bench_train(&mf, &threads, args.iter().any(|a| a == "--bf16"));
     }
     // `--model llama`: a ~125M LLaMA with grouped-query attention, the same shape on both sides.
-    let llama = args.windows(2).any(|w| w[0] == "--model" && w[1] == "llama");
+    let llama = args
+        .windows(2)
+        .any(|w| w[0] == "--model" && w[1] == "llama");
     let ours_model: Vec<&str> = if llama {
         vec![
             "--preset",
@@ -342,7 +344,16 @@ fn bench(args: &[String]) -> Result<()> {
 }
 
 /// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
-fn bench_train(mf: &Path, threads: &str) -> Result<()> {
+fn bench_train(mf: &Path, threads: &str, bf16: bool) -> Result<()> {
+    let precision: &[&str] = if bf16 { &["--bf16"] } else { &[] };
+    println!(
+        "precision: {}",
+        if bf16 {
+            "bf16 (mf: bf16 weights + f32 masters; PyTorch: CPU autocast)"
+        } else {
+            "f32"
+        }
+    );
     let shape = [
         "--seq-length",
         "256",
@@ -366,13 +377,15 @@ fn bench_train(mf: &Path, threads: &str) -> Result<()> {
                 "--set",
                 "num_heads=8",
             ])
-            .args(shape),
+            .args(shape)
+            .args(precision),
     )?;
     let theirs = json_line(
         Command::new(venv_python())
             .arg(root().join("tools/bench/hf_train.py"))
             .args(["--layers", "6", "--hidden", "512", "--heads", "8"])
-            .args(shape),
+            .args(shape)
+            .args(precision),
     )?;
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     println!("| | mindformers-rs | PyTorch eager |\n|---|---|---|");
@@ -424,7 +437,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train          Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
             );
             bail!("unknown or missing command")
         }

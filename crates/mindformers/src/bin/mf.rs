@@ -179,6 +179,9 @@ enum Cmd {
         /// Intra-op threads (default: libtorch's).
         #[arg(long)]
         threads: Option<i32>,
+        /// Train in bf16 with f32 master weights (TrainingArguments.bf16).
+        #[arg(long)]
+        bf16: bool,
     },
     /// Dataset tools.
     Data {
@@ -493,13 +496,17 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             threads,
+            bf16,
         } => {
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
-            let peak =
-                mindformers::trainer::flops::matmul_peak_flops(tch::Device::Cpu, tch::Kind::Float)
-                    / 1e9;
+            let kind = if bf16 {
+                tch::Kind::BFloat16
+            } else {
+                tch::Kind::Float
+            };
+            let peak = mindformers::trainer::flops::matmul_peak_flops(tch::Device::Cpu, kind) / 1e9;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(0);
             let model = AutoModel::from_config(&cfg)?;
@@ -526,6 +533,7 @@ fn run(cli: Cli) -> Result<()> {
                 logging_steps: total,
                 shuffle: false,
                 sink_mode: false,
+                bf16,
                 ..Default::default()
             };
             let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
