@@ -1,6 +1,7 @@
 //! mindformers-rs core: device and dtype, errors, config IO, safetensors checkpoints and the
 //! model file cache.
 pub mod checkpoint;
+pub mod comm;
 pub mod config;
 pub mod device;
 pub mod error;
