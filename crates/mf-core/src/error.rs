@@ -53,6 +53,9 @@ pub enum MfError {
     /// Tensor shapes do not fit together.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// A collective or point-to-point communication failed (peer gone, timeout, mismatch).
+    #[error("communication: {0}")]
+    Comm(String),
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
