@@ -105,6 +105,14 @@ fn setup(reference: bool) -> Result<()> {
             link.display()
         );
     }
+    // cudarc's NCCL backend dlopens `libnccl.so`; the wheel ships only `libnccl.so.2`, so link
+    // it next to libtorch, a directory on every binary's rpath.
+    let nccl = torch.join("../nvidia/nccl/lib/libnccl.so.2");
+    let nccl_link = torch.join("lib/libnccl.so");
+    if nccl.exists() && std::fs::symlink_metadata(&nccl_link).is_err() {
+        std::os::unix::fs::symlink(&nccl, &nccl_link)
+            .with_context(|| format!("linking {}", nccl_link.display()))?;
+    }
     eprintln!("libtorch {TORCH_VERSION} ready at {}", link.display());
     Ok(())
 }
