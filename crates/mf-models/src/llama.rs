@@ -609,6 +609,7 @@ pub struct LlamaForCausalLM {
     norm: RmsNorm,
     /// `None` when tied to `embed_tokens`.
     lm_head: Option<ColumnParallelLinear>,
+    head_t: crate::layers::linear::TransposedCache,
     rope: RotaryEmbedding,
     heads: HeadShard,
     head_dim: i64,
@@ -748,6 +749,7 @@ impl LlamaForCausalLM {
             layers,
             norm,
             lm_head,
+            head_t: Default::default(),
         })
     }
 
@@ -889,6 +891,14 @@ impl CausalLM for LlamaForCausalLM {
             x
         };
         let x = self.norm.forward(&x);
+        if input.last_only {
+            // Decoding runs under no_grad: the cached contiguous head is the faster GEMV.
+            let w = match &self.lm_head {
+                Some(head) => crate::lora::LoraHost::weight(head),
+                None => &self.embed_tokens,
+            };
+            return Ok(x.matmul(&self.head_t.get(w)));
+        }
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.embed_tokens.tr()),

@@ -95,6 +95,29 @@ fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) -> Te
     y.reshape(shape.as_slice())
 }
 
+/// A contiguous `[in, out]` copy of an `[out, in]` weight for the decode-time LM head: MKL's
+/// GEMV against a row-major `[768, 32000]` matrix is ~1.45x faster than against the transposed
+/// view (6.3 vs 9.2 ms measured on this project's machine). Keyed by the weight's storage and
+/// version counter, so any weight change rebuilds it.
+#[derive(Debug, Default)]
+pub struct TransposedCache(std::sync::Mutex<Option<(usize, i64, Tensor)>>);
+
+impl TransposedCache {
+    /// `w.tr().contiguous()`, rebuilt only when `w` changed.
+    pub fn get(&self, w: &Tensor) -> Tensor {
+        let key = (w.data_ptr() as usize, w.internal_version());
+        let mut cached = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some((ptr, ver, t)) if (*ptr, *ver) == key => t.shallow_clone(),
+            _ => {
+                let t = tch::no_grad(|| w.tr().contiguous());
+                *cached = Some((key.0, key.1, t.shallow_clone()));
+                t
+            }
+        }
+    }
+}
+
 /// A linear whose output features are split across tensor-parallel ranks.
 #[derive(Debug)]
 pub struct ColumnParallelLinear {
