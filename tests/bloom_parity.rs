@@ -30,19 +30,6 @@ fn load(name: &str) -> (BloomForCausalLM, SafeTensors) {
     (model, expected)
 }
 
-fn cases(name: &str) -> Value {
-    let text = std::fs::read_to_string(dir(name).join("expected.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["cases"].clone()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn logits(model: &dyn CausalLM, ids: &Tensor) -> Tensor {
     let _g = tch::no_grad_guard();
     model.forward(&ForwardInput::ids(ids), None).unwrap()
@@ -51,130 +38,42 @@ fn logits(model: &dyn CausalLM, ids: &Tensor) -> Tensor {
 #[test]
 fn single_sequence_logits_match() {
     for name in VARIANTS {
-        let (model, exp) = load(name);
-        let got = logits(&model, &exp.get("single_input_ids").unwrap());
-        let d = max_abs_diff(&got, &exp.get("single_logits").unwrap());
-        println!("{name}: single logits max abs diff {d:.2e}");
-        assert!(d <= TOL, "{name}: max abs diff {d}");
+        common::parity::single_logits(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 
 #[test]
 fn kv_cache_step_by_step_matches_transformers_cache() {
     for name in VARIANTS {
-        let (model, exp) = load(name);
-        let ids = exp.get("single_input_ids").unwrap();
-        let want = exp.get("cached_logits").unwrap();
-        let prefix = exp.get("cached_prefix").unwrap().int64_value(&[0]);
-        let t = ids.size()[1];
-        let _g = tch::no_grad_guard();
-        let mut cache = model.new_cache(2); // smaller than needed: the cache must grow
-        let mut pieces = vec![model
-            .forward(
-                &ForwardInput::ids(&ids.narrow(1, 0, prefix)),
-                Some(&mut cache),
-            )
-            .unwrap()];
-        for i in prefix..t {
-            pieces.push(
-                model
-                    .forward(&ForwardInput::ids(&ids.narrow(1, i, 1)), Some(&mut cache))
-                    .unwrap(),
-            );
-        }
-        assert_eq!(cache.len() as i64, t);
-        let d = max_abs_diff(&Tensor::cat(&pieces, 1), &want);
-        println!("{name}: cached step-by-step logits max abs diff {d:.2e}");
-        assert!(d <= TOL, "{name}: max abs diff {d}");
+        common::parity::cached_logits(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 
 #[test]
 fn left_padded_batch_matches_on_real_tokens() {
     for name in VARIANTS {
-        let (model, exp) = load(name);
-        let ids = exp.get("batch_input_ids").unwrap();
-        let mask = exp.get("batch_attention_mask").unwrap();
-        let want = exp.get("batch_logits").unwrap();
-        let _g = tch::no_grad_guard();
-        // ALiBi positions come from the mask alone, so position ids are not needed.
-        let got = model
-            .forward(
-                &ForwardInput {
-                    input_ids: Some(&ids),
-                    attention_mask: Some(&mask),
-                    ..Default::default()
-                },
-                None,
-            )
-            .unwrap();
-        let pad = mask.to_kind(Kind::Bool).unsqueeze(-1).logical_not();
-        let d = max_abs_diff(&got.masked_fill(&pad, 0.0), &want.masked_fill(&pad, 0.0));
-        println!("{name}: left-padded batch logits max abs diff {d:.2e}");
-        assert!(d <= TOL, "{name}: max abs diff {d}");
-        assert!(!bool::try_from(got.isnan().any()).unwrap(), "{name}: NaN");
-    }
-}
-
-fn gen_cfg(model: &BloomForCausalLM, case: &Value) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens: Some(case["max_new_tokens"].as_u64().unwrap() as usize),
-        ..model.generation_config()
+        common::parity::left_padded(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 
 #[test]
 fn greedy_ids_match_with_and_without_cache() {
     for name in VARIANTS {
-        let (model, _) = load(name);
-        let all = cases(name);
-        for (key, use_past) in [("greedy", true), ("greedy_nocache", false)] {
-            let case = &all[key];
-            let cfg = GenerationConfig {
-                use_past,
-                ..gen_cfg(&model, case)
-            };
-            let out = generate(&model, &[ids(&case["prompt"])], &cfg, None).unwrap();
-            assert_eq!(out[0], ids(&case["output_ids"]), "{name} {key}");
-        }
+        common::parity::greedy(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 
 #[test]
 fn batched_greedy_with_left_padding_matches() {
     for name in VARIANTS {
-        let (model, _) = load(name);
-        let case = &cases(name)["greedy_batch"];
-        let prompts: Vec<Vec<u32>> = case["prompts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let want: Vec<Vec<u32>> = case["output_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
-        let out = generate(&model, &prompts, &gen_cfg(&model, case), None).unwrap();
-        assert_eq!(out, want, "{name}");
+        common::parity::batched_greedy(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 
 #[test]
 fn beam_search_ids_match() {
     for name in VARIANTS {
-        let (model, _) = load(name);
-        let case = &cases(name)["beam"];
-        let cfg = GenerationConfig {
-            num_beams: case["num_beams"].as_u64().unwrap() as usize,
-            length_penalty: case["length_penalty"].as_f64().unwrap(),
-            early_stopping: case["early_stopping"].as_bool().unwrap(),
-            ..gen_cfg(&model, case)
-        };
-        let out = generate(&model, &[ids(&case["prompt"])], &cfg, None).unwrap();
-        assert_eq!(out[0], ids(&case["output_ids"]), "{name}");
+        common::parity::beam(&load(name).0, &common::parity::Fixture::open(name));
     }
 }
 

@@ -39,3 +39,4 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
         .max()
         .double_value(&[])
 }
+pub mod parity;
