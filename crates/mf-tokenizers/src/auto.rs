@@ -46,7 +46,14 @@ impl AutoTokenizer {
                 "tokenizer directory '{name_or_dir}' does not exist"
             )));
         }
-        Err(MfError::unknown("tokenizer", name_or_dir, GPT2_NAMES))
+        // Only GPT-2's tokenizer ships with the crate; other families' tokenizers come from
+        // their model directory.
+        let home = mf_core::hub::ModelHub::from_env().mf_home.join(name_or_dir);
+        Err(MfError::NotFound(format!(
+            "{}; other models' tokenizers load from a directory with tokenizer.json: pass it, or put it in {}",
+            MfError::unknown("tokenizer", name_or_dir, GPT2_NAMES),
+            home.display()
+        )))
     }
 }
 
