@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, save_safetensors, LoadSpec, SafeTensors, WEIGHTS_NAME};
+use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
@@ -570,21 +570,8 @@ impl CausalLM for BloomForCausalLM {
     }
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
-        let tensors = self.parameters();
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        save_safetensors(dir.join(WEIGHTS_NAME), &tensors, Some(meta))?;
-        let mut cfg = self.config.to_hf_json();
-        cfg["torch_dtype"] = serde_json::Value::String(
-            match DType::from_kind(self.word_embeddings.kind()) {
-                Some(DType::BF16) => "bfloat16",
-                Some(DType::F16) => "float16",
-                _ => "float32",
-            }
-            .into(),
-        );
-        mf_core::config::write_json(dir.join("config.json"), &cfg)
+        let kind = self.word_embeddings.kind();
+        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
@@ -622,9 +609,7 @@ impl CausalLM for BloomForCausalLM {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        crate::model::sorted_variables(&self.vs)
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -643,11 +628,7 @@ impl CausalLM for BloomForCausalLM {
     }
 
     fn num_parameters(&self) -> usize {
-        self.vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel())
-            .sum()
+        crate::model::count_parameters(&self.vs)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, save_safetensors, LoadSpec, SafeTensors, WEIGHTS_NAME};
+use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
@@ -258,9 +258,8 @@ pub struct GPT2LMHeadModel {
     ln_f: LayerNorm,
     act: fn(&Tensor) -> Tensor,
     heads: i64,
-    /// A contiguous `[hidden, vocab]` copy of the tied embedding for the decode-time LM head,
-    /// keyed by the embedding's storage and version so any weight change invalidates it.
-    head_t: std::sync::Mutex<Option<(usize, i64, Tensor)>>,
+    /// A contiguous `[hidden, vocab]` copy of the tied embedding for the decode-time LM head.
+    head_t: crate::layers::linear::TransposedCache,
 }
 
 impl std::fmt::Debug for GPT2LMHeadModel {
@@ -349,7 +348,7 @@ impl GPT2LMHeadModel {
         Ok(GPT2LMHeadModel {
             act: activation(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
-            head_t: std::sync::Mutex::new(None),
+            head_t: Default::default(),
             config: config.clone(),
             vs,
             wte,
@@ -389,19 +388,6 @@ impl GPT2LMHeadModel {
     /// The variable store holding every parameter (for optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
-    }
-
-    fn head_transposed(&self) -> Tensor {
-        let key = (self.wte.data_ptr() as usize, self.wte.internal_version());
-        let mut cached = self.head_t.lock().unwrap_or_else(|e| e.into_inner());
-        match cached.as_ref() {
-            Some((ptr, ver, t)) if (*ptr, *ver) == key => t.shallow_clone(),
-            _ => {
-                let t = tch::no_grad(|| self.wte.tr().contiguous());
-                *cached = Some((key.0, key.1, t.shallow_clone()));
-                t
-            }
-        }
     }
 
     fn block_forward(
@@ -508,7 +494,7 @@ impl CausalLM for GPT2LMHeadModel {
         if input.last_only {
             // One-row GEMMs against a [hidden, vocab] row-major matrix run ~1.6x faster in MKL
             // than against the transposed [vocab, hidden] embedding (see docs/BENCHMARKS.md).
-            return Ok(x.matmul(&self.head_transposed()));
+            return Ok(x.matmul(&self.head_t.get(&self.wte)));
         }
         Ok(x.matmul(&self.wte.tr()))
     }
@@ -540,21 +526,8 @@ impl CausalLM for GPT2LMHeadModel {
     }
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
-        let tensors = self.parameters();
-        let mut meta = std::collections::HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        save_safetensors(dir.join(WEIGHTS_NAME), &tensors, Some(meta))?;
-        let mut cfg = self.config.to_hf_json();
-        cfg["torch_dtype"] = serde_json::Value::String(
-            match DType::from_kind(self.wte.kind()) {
-                Some(DType::BF16) => "bfloat16",
-                Some(DType::F16) => "float16",
-                _ => "float32",
-            }
-            .into(),
-        );
-        mf_core::config::write_json(dir.join("config.json"), &cfg)
+        let kind = self.wte.kind();
+        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
@@ -592,9 +565,7 @@ impl CausalLM for GPT2LMHeadModel {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+        crate::model::sorted_variables(&self.vs)
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -610,10 +581,6 @@ impl CausalLM for GPT2LMHeadModel {
     }
 
     fn num_parameters(&self) -> usize {
-        self.vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel())
-            .sum()
+        crate::model::count_parameters(&self.vs)
     }
 }

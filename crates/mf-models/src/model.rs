@@ -2,8 +2,9 @@
 //! the trainer.
 use std::path::Path;
 
-use mf_core::{DType, Device, Result};
-use tch::Tensor;
+use mf_core::checkpoint::{save_safetensors, WEIGHTS_NAME};
+use mf_core::{DType, Device, MfError, Result};
+use tch::{nn, Kind, Tensor};
 
 use crate::layers::KvCache;
 
@@ -63,4 +64,39 @@ pub trait CausalLM {
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
         Vec::new()
     }
+}
+
+/// A VarStore's variables under their checkpoint names, sorted, so every family lists its
+/// parameters (and the optimizer names its state) in the same stable order.
+pub(crate) fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Elements in a VarStore's trainable variables.
+pub(crate) fn count_parameters(vs: &nn::VarStore) -> usize {
+    vs.trainable_variables().iter().map(|t| t.numel()).sum()
+}
+
+/// Writes a Hugging Face model directory: `model.safetensors` (with PyTorch's `format: pt`
+/// metadata, which transformers checks) and `config.json` with `torch_dtype` from `kind`.
+pub(crate) fn save_hf_dir(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    mut config: serde_json::Value,
+    kind: Kind,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    save_safetensors(dir.join(WEIGHTS_NAME), tensors, Some(meta))?;
+    config["torch_dtype"] = serde_json::Value::String(
+        match DType::from_kind(kind) {
+            Some(DType::BF16) => "bfloat16",
+            Some(DType::F16) => "float16",
+            _ => "float32",
+        }
+        .into(),
+    );
+    mf_core::config::write_json(dir.join("config.json"), &config)
 }
