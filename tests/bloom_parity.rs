@@ -3,6 +3,8 @@
 //! plus presets, checkpoint loading and config errors.
 mod common;
 
+use common::parity::{assert_same_model, copy_config, logits};
+
 use std::path::{Path, PathBuf};
 
 use common::max_abs_diff;
@@ -28,11 +30,6 @@ fn load(name: &str) -> (BloomForCausalLM, SafeTensors) {
     let model = BloomForCausalLM::from_dir(&dir(name)).unwrap();
     let expected = SafeTensors::open(dir(name).join("expected.safetensors")).unwrap();
     (model, expected)
-}
-
-fn logits(model: &dyn CausalLM, ids: &Tensor) -> Tensor {
-    let _g = tch::no_grad_guard();
-    model.forward(&ForwardInput::ids(ids), None).unwrap()
 }
 
 #[test]
@@ -219,16 +216,6 @@ fn random_model_trains() {
     assert!(last < first * 0.5, "loss {first} -> {last}");
 }
 
-fn assert_same_model(a: &dyn CausalLM, b: &dyn CausalLM, ids: &Tensor) {
-    let (pa, pb) = (a.parameters(), b.parameters());
-    assert_eq!(pa.len(), pb.len());
-    for ((na, ta), (nb, tb)) in pa.iter().zip(&pb) {
-        assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{na} differs");
-    }
-    assert_eq!(max_abs_diff(&logits(a, ids), &logits(b, ids)), 0.0);
-}
-
 #[test]
 fn save_pretrained_round_trips() {
     for name in VARIANTS {
@@ -300,13 +287,6 @@ fn bf16_inference_runs_close_to_f32() {
         generate(&model, &[vec![5, 17, 100]], &cfg, None).unwrap()[0].len(),
         7
     );
-}
-
-fn copy_config(src: &Path, dst: &Path, edit: impl FnOnce(&mut Value)) {
-    let mut v: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(dst.join("config.json"), v.to_string()).unwrap();
 }
 
 fn load_err(dir: &Path) -> String {

@@ -3,7 +3,7 @@
 //! `tools/reference/make_*_fixtures.py` scripts): logits whole, step by step through the KV
 //! cache and on a left-padded batch, then greedy (with and without cache), batched greedy and
 //! beam-search ids.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mindformers::core::checkpoint::SafeTensors;
 use mindformers::{generate, CausalLM, ForwardInput, GenerationConfig};
@@ -168,4 +168,23 @@ pub fn beam(model: &dyn CausalLM, fx: &Fixture) {
     };
     let out = generate(model, &[ids(&case["prompt"])], &cfg, None).unwrap();
     assert_eq!(out[0], ids(&case["output_ids"]), "{}", fx.name);
+}
+
+/// Same parameter names and values, and identical logits on `ids`.
+pub fn assert_same_model(a: &dyn CausalLM, b: &dyn CausalLM, ids: &Tensor) {
+    let (pa, pb) = (a.parameters(), b.parameters());
+    assert_eq!(pa.len(), pb.len());
+    for ((na, ta), (nb, tb)) in pa.iter().zip(&pb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs");
+    }
+    assert_eq!(max_abs_diff(&logits(a, ids), &logits(b, ids)), 0.0);
+}
+
+/// Copies `src/config.json` to `dst` with `edit` applied (bad-config tests).
+pub fn copy_config(src: &Path, dst: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(dst.join("config.json"), v.to_string()).unwrap();
 }
