@@ -488,6 +488,13 @@ impl RunConfig {
                 self.parallel.parallel_mode, self.parallel.enable_parallel_optimizer
             )));
         }
+        if let Some(r) = &self.processor.return_tensors {
+            if r != "ms" {
+                return Err(invalid(format!(
+                    "processor.return_tensors = '{r}': the only value is \"ms\" (MindFormers' tensors)"
+                )));
+            }
+        }
         self.parallel_config.validate()?;
         self.recompute_config.validate()?;
         if let Some(m) = &self.metric {
@@ -703,6 +710,7 @@ keep_checkpoint_max = 2
         assert!(err(&["run_mode=serve"]).contains("predict"));
         assert!(err(&["parallel.parallel_mode=semi_auto_parallel"]).contains("stand_alone"));
         assert!(err(&["seed.x=1"]).contains("not a section"));
+        assert!(err(&["processor.return_tensors=pt"]).contains("return_tensors"));
         assert!(err(&["runner_config.batch_size=0"]).contains("batch_size"));
         std::fs::write(&p, "base_config = \"c.toml\"\n").unwrap();
         assert!(err(&[]).contains("deeper"));
