@@ -248,6 +248,40 @@ struct Block {
     mlp_proj: RowParallelLinear,
 }
 
+impl Block {
+    /// Block `b` (`transformer.h.{i}`) at a tensor-parallel position, HF's initialisation.
+    fn new(b: &nn::Path, config: &GPT2Config, tp: TensorParallel) -> Result<Self> {
+        let (h, std) = (config.hidden_size, config.initializer_range);
+        let proj_std = std / (2.0 * config.num_layers as f64).sqrt();
+        let (attn, mlp) = (b / "attn", b / "mlp");
+        let lay = WeightLayout::InOut;
+        Ok(Block {
+            ln_1: LayerNorm::new(&(b / "ln_1"), h, config.layernorm_epsilon),
+            c_attn: ColumnParallelLinear::new(&(&attn / "c_attn"), h, 3 * h, true, lay, tp, std)?,
+            attn_proj: RowParallelLinear::new(&(&attn / "c_proj"), h, h, true, lay, tp, proj_std)?,
+            ln_2: LayerNorm::new(&(b / "ln_2"), h, config.layernorm_epsilon),
+            c_fc: ColumnParallelLinear::new(
+                &(&mlp / "c_fc"),
+                h,
+                config.ffn_size(),
+                true,
+                lay,
+                tp,
+                std,
+            )?,
+            mlp_proj: RowParallelLinear::new(
+                &(&mlp / "c_proj"),
+                config.ffn_size(),
+                h,
+                true,
+                lay,
+                tp,
+                proj_std,
+            )?,
+        })
+    }
+}
+
 /// The GPT-2 language model with its LM head.
 pub struct GPT2LMHeadModel {
     config: GPT2Config,
@@ -291,59 +325,15 @@ impl GPT2LMHeadModel {
         let root = vs.root();
         let t = &root / "transformer";
         let (h, std) = (config.hidden_size, config.initializer_range);
-        let proj_std = std / (2.0 * config.num_layers as f64).sqrt();
         let normal = Init::Randn {
             mean: 0.0,
             stdev: std,
         };
         let wte = (&t / "wte").var("weight", &[config.vocab_size as i64, h as i64], normal);
         let wpe = (&t / "wpe").var("weight", &[config.seq_length as i64, h as i64], normal);
-        let mut blocks = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
-            let b = &t / "h" / i;
-            let (attn, mlp) = (&b / "attn", &b / "mlp");
-            let lay = WeightLayout::InOut;
-            blocks.push(Block {
-                ln_1: LayerNorm::new(&(&b / "ln_1"), h, config.layernorm_epsilon),
-                c_attn: ColumnParallelLinear::new(
-                    &(&attn / "c_attn"),
-                    h,
-                    3 * h,
-                    true,
-                    lay,
-                    tp,
-                    std,
-                )?,
-                attn_proj: RowParallelLinear::new(
-                    &(&attn / "c_proj"),
-                    h,
-                    h,
-                    true,
-                    lay,
-                    tp,
-                    proj_std,
-                )?,
-                ln_2: LayerNorm::new(&(&b / "ln_2"), h, config.layernorm_epsilon),
-                c_fc: ColumnParallelLinear::new(
-                    &(&mlp / "c_fc"),
-                    h,
-                    config.ffn_size(),
-                    true,
-                    lay,
-                    tp,
-                    std,
-                )?,
-                mlp_proj: RowParallelLinear::new(
-                    &(&mlp / "c_proj"),
-                    config.ffn_size(),
-                    h,
-                    true,
-                    lay,
-                    tp,
-                    proj_std,
-                )?,
-            });
-        }
+        let blocks = (0..config.num_layers)
+            .map(|i| Block::new(&(&t / "h" / i), config, tp))
+            .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(&(&t / "ln_f"), h, config.layernorm_epsilon);
         Ok(GPT2LMHeadModel {
             act: activation(&config.hidden_act)?,
@@ -568,6 +558,10 @@ impl CausalLM for GPT2LMHeadModel {
         crate::model::sorted_variables(&self.vs)
     }
 
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::Gpt2(self.config.clone()))
+    }
+
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
         let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
         for (i, b) in self.blocks.iter_mut().enumerate() {
@@ -582,5 +576,240 @@ impl CausalLM for GPT2LMHeadModel {
 
     fn num_parameters(&self) -> usize {
         crate::model::count_parameters(&self.vs)
+    }
+}
+
+/// One pipeline stage of GPT-2 at one tensor-parallel position, driven by mf-parallel: q/k/v
+/// and `c_fc` are column-parallel (a rank holds whole heads), both `c_proj` row-parallel, the
+/// tied embedding vocabulary-parallel or replicated.
+pub struct GPT2Stage {
+    config: GPT2Config,
+    spec: crate::parallel::StageSpec,
+    vs: nn::VarStore,
+    wte: Option<Tensor>,
+    wpe: Option<Tensor>,
+    blocks: Vec<Block>,
+    ln_f: Option<LayerNorm>,
+    act: fn(&Tensor) -> Tensor,
+    heads: i64,
+}
+
+impl GPT2Stage {
+    /// Builds the stage `spec` describes with HF's random initialisation.
+    pub fn new(config: &GPT2Config, spec: crate::parallel::StageSpec) -> Result<Self> {
+        config.validate("GPT2Config")?;
+        let tp = spec.tp;
+        if spec.layers.end > config.num_layers || spec.layers.is_empty() {
+            return Err(invalid(format!(
+                "pipeline stage layers {:?} do not fit a model of {} layers",
+                spec.layers, config.num_layers
+            )));
+        }
+        tp.shard(config.num_heads, "attention heads")?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let t = vs.root() / "transformer";
+        let h = config.hidden_size as i64;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: config.initializer_range,
+        };
+        let vocab = if spec.vocab_parallel {
+            tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
+        } else {
+            config.vocab_size as i64
+        };
+        let wte =
+            (spec.first || spec.last).then(|| (&t / "wte").var("weight", &[vocab, h], normal));
+        let wpe = spec
+            .first
+            .then(|| (&t / "wpe").var("weight", &[config.seq_length as i64, h], normal));
+        let blocks = spec
+            .layers
+            .clone()
+            .map(|i| Block::new(&(&t / "h" / i), config, tp))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = spec
+            .last
+            .then(|| LayerNorm::new(&(&t / "ln_f"), config.hidden_size, config.layernorm_epsilon));
+        Ok(GPT2Stage {
+            act: activation(&config.hidden_act)?,
+            heads: (config.num_heads / tp.world_size) as i64,
+            config: config.clone(),
+            spec,
+            vs,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+        })
+    }
+
+    fn block(&self, layer: usize) -> Result<&Block> {
+        layer
+            .checked_sub(self.spec.layers.start)
+            .and_then(|i| self.blocks.get(i))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "layer {layer} is not on this pipeline stage ({:?})",
+                    self.spec.layers
+                ))
+            })
+    }
+
+    fn part<'a>(&self, t: &'a Option<Tensor>, what: &str) -> &'a Tensor {
+        // The runtime only asks the first / last stage for these; a miss is a runtime bug.
+        t.as_ref()
+            .unwrap_or_else(|| panic!("GPT-2 stage {:?} holds no {what}", self.spec.layers))
+    }
+}
+
+impl crate::parallel::ParallelLM for GPT2Stage {
+    fn spec(&self) -> &crate::parallel::StageSpec {
+        &self.spec
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        crate::model::sorted_variables(&self.vs)
+    }
+
+    fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
+        use crate::parallel::ShardRule::{Replicated, Split};
+        // Conv1D weights are [in, out]: column-parallel splits dim 1, row-parallel dim 0.
+        if name.ends_with("wte.weight") {
+            return if self.spec.vocab_parallel {
+                Split { dim: 0, parts: 1 }
+            } else {
+                Replicated
+            };
+        }
+        let is = |suffix: &str| name.ends_with(suffix);
+        if is("attn.c_attn.weight") {
+            Split { dim: 1, parts: 3 }
+        } else if is("attn.c_attn.bias") {
+            Split { dim: 0, parts: 3 }
+        } else if is("mlp.c_fc.weight") {
+            Split { dim: 1, parts: 1 }
+        } else if is("mlp.c_fc.bias") || is("attn.c_proj.weight") || is("mlp.c_proj.weight") {
+            Split { dim: 0, parts: 1 }
+        } else {
+            Replicated
+        }
+    }
+
+    fn tied_embedding(&self) -> Option<&str> {
+        Some("transformer.wte.weight")
+    }
+
+    fn has_dropout(&self) -> bool {
+        let c = &self.config;
+        c.embedding_dropout_prob > 0.0
+            || c.hidden_dropout_rate > 0.0
+            || c.attention_dropout_rate > 0.0
+    }
+
+    fn hidden_dropout(&self) -> f64 {
+        self.config.hidden_dropout_rate
+    }
+
+    fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let wte = self.part(&self.wte, "embedding");
+        if !self.spec.vocab_parallel {
+            return Ok(Tensor::embedding(wte, ids, -1, false, false));
+        }
+        let local = wte.size()[0];
+        let start = local * self.spec.tp.rank as i64;
+        let mine = ids.ge(start).logical_and(&ids.lt(start + local));
+        let idx = (ids - start).where_scalarother(&mine, 0);
+        let e = Tensor::embedding(wte, &idx, -1, false, false);
+        let keep = mine.unsqueeze(-1).to_kind(e.kind());
+        Ok(e * keep)
+    }
+
+    fn embed_post(&self, x: &Tensor, positions: &Tensor, train: bool) -> Tensor {
+        let wpe = self.part(&self.wpe, "position embedding");
+        (x + Tensor::embedding(wpe, positions, -1, false, false))
+            .dropout(self.config.embedding_dropout_prob, train)
+    }
+
+    fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Tensor {
+        let b = self.block(layer).expect("layer on this stage");
+        match sub {
+            crate::parallel::Sublayer::Attention => b.ln_1.forward(x),
+            crate::parallel::Sublayer::Mlp => b.ln_2.forward(x),
+        }
+    }
+
+    fn core(
+        &self,
+        layer: usize,
+        sub: crate::parallel::Sublayer,
+        h: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let b = self.block(layer)?;
+        match sub {
+            crate::parallel::Sublayer::Attention => {
+                let (bs, t, _) = h.size3()?;
+                let hd = self.config.hidden_size as i64 / self.config.num_heads as i64;
+                let qkv = b
+                    .c_attn
+                    .forward_t(h, train)
+                    .view([bs, t, 3, self.heads, hd])
+                    .permute([2, 0, 3, 1, 4]);
+                let dropout = if train {
+                    self.config.attention_dropout_rate
+                } else {
+                    0.0
+                };
+                let attn = sdpa(
+                    &qkv.get(0),
+                    &qkv.get(1),
+                    &qkv.get(2),
+                    &AttnMask::Causal,
+                    dropout,
+                );
+                let attn = attn.transpose(1, 2).reshape([bs, t, self.heads * hd]);
+                Ok(b.attn_proj.forward_partial(&attn))
+            }
+            crate::parallel::Sublayer::Mlp => {
+                let m = (self.act)(&b.c_fc.forward_t(h, train));
+                Ok(b.mlp_proj.forward_partial(&m))
+            }
+        }
+    }
+
+    fn out_bias(&self, layer: usize, sub: crate::parallel::Sublayer) -> Option<Tensor> {
+        let b = self.block(layer).ok()?;
+        match sub {
+            crate::parallel::Sublayer::Attention => b.attn_proj.bias().map(|t| t.shallow_clone()),
+            crate::parallel::Sublayer::Mlp => b.mlp_proj.bias().map(|t| t.shallow_clone()),
+        }
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.ln_f
+            .as_ref()
+            .expect("final norm on the last stage")
+            .forward(x)
+    }
+
+    fn head_weight(&self) -> Tensor {
+        self.part(&self.wte, "LM head").shallow_clone()
+    }
+
+    fn layer_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix("transformer.h.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.config.num_layers
     }
 }

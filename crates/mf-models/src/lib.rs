@@ -10,6 +10,7 @@ pub mod llama;
 pub mod lora;
 pub mod model;
 pub mod pangualpha;
+pub mod parallel;
 
 pub use auto::{AutoConfig, AutoModel, ModelConfig};
 pub use bloom::{BloomConfig, BloomForCausalLM};

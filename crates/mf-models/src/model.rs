@@ -59,6 +59,11 @@ pub trait CausalLM {
     fn parameters(&self) -> Vec<(String, Tensor)>;
     /// Copies a checkpoint's tensors into the model, failing on any mismatch.
     fn load_weights(&self, ckpt: &mf_core::checkpoint::SafeTensors) -> Result<()>;
+    /// The model's config, for runtimes that rebuild it elsewhere (the parallel runtime);
+    /// `None` for families that do not offer it.
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        None
+    }
     /// The linear layers LoRA can adapt, under their HF module names (none by default:
     /// `lora::apply_lora` then says the family does not support LoRA).
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {

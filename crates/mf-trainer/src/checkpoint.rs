@@ -8,8 +8,6 @@ use mf_core::{MfError, Result};
 use mf_models::CausalLM;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::Optimizer;
-
 /// What the trainer needs to continue exactly where it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -56,7 +54,7 @@ pub fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
 pub fn save(
     output_dir: &Path,
     model: &mut dyn CausalLM,
-    optim: &Optimizer,
+    optimizer_state: &[(String, tch::Tensor)],
     state: &TrainerState,
     keep: Option<usize>,
 ) -> Result<PathBuf> {
@@ -73,11 +71,7 @@ pub fn save(
     if mf_models::lora::has_lora(model) {
         mf_models::lora::save_adapter(model, &tmp, None)?;
     }
-    save_safetensors(
-        tmp.join("optimizer.safetensors"),
-        &optim.state_tensors(),
-        None,
-    )?;
+    save_safetensors(tmp.join("optimizer.safetensors"), optimizer_state, None)?;
     // trainer_state.json is what marks a checkpoint complete: it is written last.
     mf_core::config::write_json(tmp.join("trainer_state.json"), state)?;
     sync_dir_files(&tmp)?;

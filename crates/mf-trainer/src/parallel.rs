@@ -1,107 +1,253 @@
-//! `set_parallel_config` / `set_recompute_config` arguments (MindFormers' names and defaults).
-//!
-//! These are validated and stored by the Trainer. Running a layout other than one device, or
-//! recompute, needs the parallel runtime; until it exists `train()` refuses such a config with
-//! a clear error instead of silently training on one device.
-use mf_core::{invalid, Result};
-use serde::{Deserialize, Serialize};
+//! The Trainer's side of parallel training on the threads backend: rank 0 runs on the
+//! trainer's thread and drives ranks `1..N` on worker threads with the same commands, so every
+//! rank makes the same collective calls in the same order. Logging, callbacks, evaluation and
+//! checkpoints stay on rank 0; for those, the full weights are gathered into the trainer's
+//! model.
+use std::thread::JoinHandle;
 
-/// The parallel layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ParallelConfig {
-    /// Data-parallel ranks.
-    pub data_parallel: usize,
-    /// Tensor (model) parallel ranks.
-    pub model_parallel: usize,
-    /// Pipeline stages.
-    pub pipeline_stage: usize,
-    /// Micro-batches per step (pipeline).
-    pub micro_batch_num: usize,
-    /// Copies each batch is split into to overlap communication and compute.
-    pub micro_batch_interleave_num: usize,
-    /// Shard LayerNorm/dropout regions along the sequence across the tensor-parallel ranks;
-    /// with `model_parallel = 1` one rank holds the whole sequence, so it changes nothing.
-    pub use_seq_parallel: bool,
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use mf_core::comm::{Communicator, ThreadGroup};
+use mf_core::{MfError, Result};
+use mf_models::{CausalLM, ModelConfig};
+use mf_parallel::RankEngine;
+use tch::Tensor;
+
+pub use mf_parallel::config::{ParallelConfig, RecomputeConfig};
+pub use mf_parallel::EngineOptions;
+
+enum Cmd {
+    ForwardBackward(Tensor, f64, bool),
+    Reduce,
+    Apply(f64, f64),
+    ZeroGrad,
+    FullState(bool),
+    LoadOptimizer(Vec<(String, Tensor)>),
 }
 
-impl Default for ParallelConfig {
-    fn default() -> Self {
-        ParallelConfig {
-            data_parallel: 1,
-            model_parallel: 1,
-            pipeline_stage: 1,
-            micro_batch_num: 1,
-            micro_batch_interleave_num: 1,
-            use_seq_parallel: false,
+/// Rank 0's engine and the worker threads of ranks `1..N`.
+pub struct ParallelDriver {
+    engine: RankEngine,
+    workers: Vec<(Sender<Cmd>, JoinHandle<Result<()>>)>,
+}
+
+fn run_worker(mut engine: RankEngine, rx: Receiver<Cmd>) -> Result<()> {
+    for cmd in rx {
+        match cmd {
+            Cmd::ForwardBackward(b, s, sync) => {
+                engine.forward_backward(&b, s, sync)?;
+            }
+            Cmd::Reduce => {
+                engine.reduce_gradients()?;
+            }
+            Cmd::Apply(lr, coef) => engine.apply_update(lr, coef)?,
+            Cmd::ZeroGrad => engine.zero_grad(),
+            Cmd::FullState(o) => {
+                engine.full_state(o)?;
+            }
+            Cmd::LoadOptimizer(t) => load_optimizer(&mut engine, &t)?,
         }
     }
+    Ok(())
 }
 
-impl ParallelConfig {
-    /// Checks the values are consistent.
-    pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("data_parallel", self.data_parallel),
-            ("model_parallel", self.model_parallel),
-            ("pipeline_stage", self.pipeline_stage),
-            ("micro_batch_num", self.micro_batch_num),
-            (
-                "micro_batch_interleave_num",
-                self.micro_batch_interleave_num,
-            ),
-        ] {
-            if v == 0 {
-                return Err(invalid(format!("{name} must be at least 1")));
+fn load_optimizer(engine: &mut RankEngine, tensors: &[(String, Tensor)]) -> Result<()> {
+    let get = |name: &str| -> Result<Tensor> {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| {
+                MfError::checkpoint(
+                    "optimizer.safetensors",
+                    format!("optimizer state has no '{name}'"),
+                )
+            })
+    };
+    engine.load_optimizer_state(&get)
+}
+
+fn clones(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    v.iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
+impl ParallelDriver {
+    /// Starts `parallel.device_num()` ranks over the weights of `model` (the full model under
+    /// checkpoint names) and returns once every rank has built its stage.
+    pub fn start(model: &dyn CausalLM, config: &ModelConfig, opts: EngineOptions) -> Result<Self> {
+        let world = opts.parallel.device_num();
+        let full: Vec<(String, Tensor)> = model
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect();
+        let mut comms = ThreadGroup::new(world)?.into_comms().into_iter();
+        let rank0 = comms.next().ok_or_else(|| mf_core::invalid("no ranks"))?;
+        let mut workers = Vec::with_capacity(world - 1);
+        for comm in comms {
+            let (tx, rx) = unbounded();
+            let (full, config, opts) = (clones(&full), config.clone(), opts.clone());
+            let rank = comm.rank();
+            let handle = std::thread::Builder::new()
+                .name(format!("rank-{rank}"))
+                .spawn(move || {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let engine = RankEngine::new(Box::new(comm), &config, &full, opts)?;
+                        drop(full);
+                        run_worker(engine, rx)
+                    }));
+                    r.unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(MfError::Comm(format!("rank {rank} panicked: {msg}")))
+                    })
+                })
+                .map_err(|e| MfError::Comm(format!("cannot start rank {rank}: {e}")))?;
+            workers.push((tx, handle));
+        }
+        let engine = RankEngine::new(
+            Box::new(rank0) as Box<dyn Communicator>,
+            config,
+            &full,
+            opts,
+        );
+        match engine {
+            Ok(engine) => Ok(ParallelDriver { engine, workers }),
+            Err(e) => Err(Self::join(workers, e)),
+        }
+    }
+
+    /// Stops the workers and returns the root cause: a worker's own error rather than rank
+    /// 0's report that a peer left.
+    fn join(workers: Vec<(Sender<Cmd>, JoinHandle<Result<()>>)>, rank0: MfError) -> MfError {
+        let mut handles = Vec::new();
+        for (tx, h) in workers {
+            drop(tx);
+            handles.push(h);
+        }
+        let mut first = None;
+        for h in handles {
+            if let Ok(Err(e)) = h.join() {
+                if first.is_none() && !e.to_string().contains("has left the group") {
+                    first = Some(e);
+                }
             }
         }
-        if self.micro_batch_num < self.pipeline_stage {
-            return Err(invalid(format!(
-                "micro_batch_num ({}) must be at least pipeline_stage ({})",
-                self.micro_batch_num, self.pipeline_stage
-            )));
+        match (&rank0, first) {
+            (MfError::Comm(m), Some(w)) if m.contains("has left") => w,
+            _ => rank0,
+        }
+    }
+
+    fn broadcast(&mut self, make: impl Fn() -> Cmd) -> Result<()> {
+        for (tx, _) in &self.workers {
+            tx.send(make())
+                .map_err(|_| MfError::Comm("a rank thread has stopped".into()))?;
         }
         Ok(())
     }
 
-    /// Ranks the layout needs.
-    pub fn device_num(&self) -> usize {
-        self.data_parallel * self.model_parallel * self.pipeline_stage
-    }
-
-    /// Whether this is plain single-device training.
-    pub fn is_single_device(&self) -> bool {
-        self.device_num() == 1 && self.micro_batch_interleave_num == 1 && self.micro_batch_num == 1
-    }
-}
-
-/// Recompute (activation checkpointing) options.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RecomputeConfig {
-    /// Recompute every layer's activations in backward.
-    pub recompute: bool,
-    /// Recompute only the attention core.
-    pub select_recompute: bool,
-    /// Recompute the optimizer-parallel all-gathers.
-    pub parallel_optimizer_comm_recompute: bool,
-    /// Recompute model-parallel communication (MindFormers' default is true).
-    pub mp_comm_recompute: bool,
-    /// Keep retained layer outputs sliced across model-parallel ranks.
-    pub recompute_slice_activation: bool,
-}
-
-impl RecomputeConfig {
-    /// Whether any recompute is asked for.
-    pub fn any(&self) -> bool {
-        self.recompute || self.select_recompute
-    }
-
-    /// Checks the options fit together.
-    pub fn validate(&self) -> Result<()> {
-        if self.recompute && self.select_recompute {
-            return Err(invalid("recompute and select_recompute are exclusive: full recompute already covers attention"));
+    fn run<T>(
+        &mut self,
+        make: impl Fn() -> Cmd,
+        local: impl FnOnce(&mut RankEngine) -> Result<T>,
+    ) -> Result<T> {
+        let sent = self.broadcast(make);
+        let r = sent.and_then(|_| local(&mut self.engine));
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let workers = std::mem::take(&mut self.workers);
+                Err(Self::join(workers, e))
+            }
         }
-        Ok(())
+    }
+
+    /// Forward and backward of one global batch on every rank; returns its mean loss.
+    pub fn forward_backward(&mut self, ids: &Tensor, scale: f64, sync: bool) -> Result<f64> {
+        self.run(
+            || Cmd::ForwardBackward(ids.shallow_clone(), scale, sync),
+            |e| e.forward_backward(ids, scale, sync),
+        )
+    }
+
+    /// Finishes the gradient reductions; returns the global gradient norm.
+    pub fn reduce_gradients(&mut self) -> Result<f64> {
+        self.run(|| Cmd::Reduce, |e| e.reduce_gradients())
+    }
+
+    /// Clips by `clip_coef` (when < 1) and updates with learning rate `lr`.
+    pub fn apply_update(&mut self, lr: f64, clip_coef: f64) -> Result<()> {
+        self.run(
+            || Cmd::Apply(lr, clip_coef),
+            |e| e.apply_update(lr, clip_coef),
+        )
+    }
+
+    /// Drops the step's gradients (a skipped step).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.run(
+            || Cmd::ZeroGrad,
+            |e| {
+                e.zero_grad();
+                Ok(())
+            },
+        )
+    }
+
+    /// Gathers the trained weights into `model`; with `optimizer`, also returns the optimizer
+    /// state under the single-device optimizer's names.
+    pub fn gather_into(
+        &mut self,
+        model: &dyn CausalLM,
+        optimizer: bool,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let state = self
+            .run(|| Cmd::FullState(optimizer), |e| e.full_state(optimizer))?
+            .ok_or_else(|| mf_core::invalid("rank 0 received no gathered state"))?;
+        let _g = tch::no_grad_guard();
+        let mut rest = Vec::new();
+        let mut by_name: std::collections::HashMap<String, Tensor> = state.into_iter().collect();
+        for (name, p) in model.parameters() {
+            let src = by_name.remove(&name).ok_or_else(|| {
+                mf_core::invalid(format!("the parallel ranks returned no '{name}'"))
+            })?;
+            let mut p = p;
+            p.copy_(&src);
+        }
+        rest.extend(by_name);
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rest)
+    }
+
+    /// Restores optimizer state saved by either runtime.
+    pub fn load_optimizer(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        self.run(
+            || Cmd::LoadOptimizer(clones(&tensors)),
+            |e| load_optimizer(e, &tensors),
+        )
+    }
+
+    /// Bytes of optimizer state rank 0 holds.
+    pub fn optimizer_state_bytes(&self) -> usize {
+        self.engine.optimizer_state_bytes()
+    }
+
+    /// Ends the worker threads.
+    pub fn finish(mut self) -> Result<()> {
+        let workers = std::mem::take(&mut self.workers);
+        let mut first = None;
+        for (tx, h) in workers {
+            drop(tx);
+            match h.join() {
+                Ok(Err(e)) if first.is_none() => first = Some(e),
+                _ => {}
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }

@@ -19,7 +19,7 @@ use crate::callbacks::{
 use crate::checkpoint::{self, TrainerState};
 use crate::metrics::{ComputeMetrics, EvalPrediction};
 use crate::optim::Optimizer;
-use crate::parallel::{ParallelConfig, RecomputeConfig};
+use crate::parallel::{EngineOptions, ParallelConfig, ParallelDriver, RecomputeConfig};
 
 /// Tasks the trainer knows (MindFormers' names).
 pub const TASKS: &[&str] = &["text_generation"];
@@ -361,20 +361,8 @@ impl Trainer {
             .clone()
             .ok_or_else(|| invalid("no train_dataset given"))?;
         let args = self.args.clone();
-        if !self.parallel.is_single_device() {
-            return Err(invalid(format!(
-                "the parallel layout (data_parallel={}, model_parallel={}, pipeline_stage={}, micro_batch_num={}, \
-                 micro_batch_interleave_num={}) needs the parallel runtime, which is not available yet; \
-                 train on one device",
-                self.parallel.data_parallel,
-                self.parallel.model_parallel,
-                self.parallel.pipeline_stage,
-                self.parallel.micro_batch_num,
-                self.parallel.micro_batch_interleave_num
-            )));
-        }
-        if self.recompute.any() {
-            return Err(invalid("recompute is not available yet; train without set_recompute_config(recompute/select_recompute)"));
+        if !self.parallel.is_single_device() || self.recompute.any() {
+            return self.train_parallel(&data, &args);
         }
         let precision = if args.bf16 {
             Some(DType::BF16)
@@ -384,7 +372,7 @@ impl Trainer {
             None
         };
         let Some(precision) = precision else {
-            return self.train_loop(&data, &args, &mut None);
+            return self.train_loop(&data, &args, &mut None, None);
         };
         let device = mf_core::Device::from_tch(self.model.device())?;
         let original = self
@@ -395,7 +383,7 @@ impl Trainer {
             .unwrap_or_default();
         self.model.to(device, precision)?;
         let mut optim = None;
-        let result = self.train_loop(&data, &args, &mut optim);
+        let result = self.train_loop(&data, &args, &mut optim, None);
         // The model leaves train() in its own dtype holding the f32 master values, as under
         // autocast, whether training finished or failed.
         let restored = self.model.to(device, original);
@@ -406,11 +394,57 @@ impl Trainer {
         result
     }
 
+    /// Training over the parallel layout and recompute options set on this trainer: the
+    /// ranks are threads of this process (the threads backend), rank 0 on this thread.
+    fn train_parallel(
+        &mut self,
+        data: &BatchedDataset,
+        args: &TrainingArguments,
+    ) -> Result<TrainOutput> {
+        if args.bf16 || args.fp16 {
+            return Err(invalid(
+                "bf16/fp16 training with a parallel layout or recompute is not supported yet; train in f32 or on one device",
+            ));
+        }
+        if mf_models::lora::has_lora(self.model.as_mut()) {
+            return Err(invalid(
+                "LoRA fine-tuning with a parallel layout or recompute is not supported yet; train the adapters on one device",
+            ));
+        }
+        if self.model.device() != tch::Device::Cpu {
+            return Err(invalid(
+                "the threads backend runs on the CPU; for GPUs start one process per device with `mf launch` (NCCL)",
+            ));
+        }
+        let config = self.model.model_config().ok_or_else(|| {
+            invalid(
+                "this model family does not support parallel training yet; train it on one device",
+            )
+        })?;
+        self.parallel
+            .validate_for(&config, None, data.batch_size())?;
+        let opts = EngineOptions {
+            parallel: self.parallel.clone(),
+            recompute: self.recompute.clone(),
+            optimizer: mf_parallel::optim::OptimizerOptions {
+                optim: args.optim.clone(),
+                beta1: args.adam_beta1,
+                beta2: args.adam_beta2,
+                eps: args.adam_epsilon,
+                weight_decay: args.weight_decay,
+            },
+            gradients_mean: true,
+            seed: args.seed,
+        };
+        self.train_loop(data, args, &mut None, Some((config, opts)))
+    }
+
     fn train_loop(
         &mut self,
         data: &BatchedDataset,
         args: &TrainingArguments,
         optim_slot: &mut Option<Optimizer>,
+        parallel: Option<(mf_models::ModelConfig, EngineOptions)>,
     ) -> Result<TrainOutput> {
         let accum = args.gradient_accumulation_steps;
         let per_epoch = data.num_batches();
@@ -438,6 +472,12 @@ impl Trainer {
             self.model.parameters()
         };
         let trainable_parameters: usize = trainable.iter().map(|(_, t)| t.numel()).sum();
+        // The parallel runtime keeps its own (sharded) optimizer state: this one stays empty.
+        let trainable = if parallel.is_some() {
+            Vec::new()
+        } else {
+            trainable
+        };
         let optim = optim_slot.insert(build(
             &args.optim,
             trainable,
@@ -451,13 +491,24 @@ impl Trainer {
             loss_scaler: args.fp16.then(|| LossScaler::from_args(args)),
             ..Default::default()
         };
+        let mut resumed_optimizer = None;
         if let Some(dir) = self.resume_dir()? {
             state = checkpoint::load_state(&dir)?;
             self.model.load_weights(&SafeTensors::open(&dir)?)?;
             if lora {
                 mf_models::lora::load_adapter_weights(self.model.as_mut(), &dir)?;
             }
-            optim.load_state(&SafeTensors::open(dir.join("optimizer.safetensors"))?)?;
+            let opt_file = SafeTensors::open(dir.join("optimizer.safetensors"))?;
+            if parallel.is_some() {
+                resumed_optimizer = Some(
+                    opt_file
+                        .names()
+                        .map(|n| Ok((n.to_string(), opt_file.get(n)?)))
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            } else {
+                optim.load_state(&opt_file)?;
+            }
             if !args.fp16 {
                 state.loss_scaler = None;
             } else if state.loss_scaler.is_none() {
@@ -467,6 +518,16 @@ impl Trainer {
                 state.micro_batches = (state.micro_batches / per_epoch) * per_epoch;
             }
         }
+        let mut driver = match parallel {
+            Some((config, opts)) => {
+                let mut d = ParallelDriver::start(self.model.as_ref(), &config, opts)?;
+                if let Some(t) = resumed_optimizer.take() {
+                    d.load_optimizer(t)?;
+                }
+                Some(d)
+            }
+            None => None,
+        };
         let out_dir = PathBuf::from(&args.output_dir);
         std::fs::create_dir_all(&out_dir).map_err(|e| MfError::io(&out_dir, e))?;
         let metrics_path = out_dir.join("metrics.jsonl");
@@ -489,7 +550,9 @@ impl Trainer {
             has_eval_dataset: self.eval_dataset.is_some(),
             trainable_parameters,
             total_parameters: n_params + if lora { trainable_parameters } else { 0 },
-            optimizer_state_bytes: optim.state_bytes(),
+            optimizer_state_bytes: driver
+                .as_ref()
+                .map_or_else(|| optim.state_bytes(), |d| d.optimizer_state_bytes()),
         };
         for cb in &mut self.callbacks {
             cb.on_train_begin(&begin)?;
@@ -512,7 +575,8 @@ impl Trainer {
         while state.global_step < total {
             let scale = state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
             let mut step_loss = Tensor::zeros([], (Kind::Float, self.model.device()));
-            for _ in 0..accum {
+            let mut step_loss_ranks = 0.0;
+            for micro in 0..accum {
                 let epoch = (state.micro_batches / per_epoch) as u64;
                 if epoch != order_epoch {
                     order = data.dataset().order(epoch);
@@ -524,6 +588,18 @@ impl Trainer {
                 let batch = data.get_in(&order, state.micro_batches % per_epoch)?;
                 // Dropout draws from libtorch's global generator: seeding it per micro-batch makes a
                 // resumed run draw exactly what the uninterrupted run drew.
+                if let Some(d) = driver.as_mut() {
+                    let ids = batch.get("input_ids")?;
+                    let (b, l) = ids
+                        .size2()
+                        .map_err(|_| invalid("input_ids must be [batch, len]"))?;
+                    let loss = d.forward_backward(ids, 1.0 / accum as f64, micro + 1 == accum)?;
+                    step_loss_ranks += loss / accum as f64;
+                    window_tokens += b * (l - 1);
+                    window_samples += batch.size();
+                    state.micro_batches += 1;
+                    continue;
+                }
                 tch::manual_seed(args.seed.wrapping_add(state.micro_batches as u64) as i64);
                 let (loss, tokens, _) = self.loss(&batch, true, false)?;
                 (&loss * (scale / accum as f64)).backward();
@@ -533,8 +609,11 @@ impl Trainer {
                 state.micro_batches += 1;
             }
             optim.set_grad_scale(scale);
-            let grad_norm = optim.grad_norm();
-            let loss_value = step_loss.double_value(&[]);
+            let grad_norm = match driver.as_mut() {
+                Some(d) => d.reduce_gradients()?,
+                None => optim.grad_norm(),
+            };
+            let loss_value = step_loss.double_value(&[]) + step_loss_ranks;
             let finite = loss_value.is_finite() && grad_norm.is_finite();
             let applied = match &mut state.loss_scaler {
                 Some(scaler) => scaler.update(finite),
@@ -547,13 +626,26 @@ impl Trainer {
                 }
             };
             let lr = schedule.lr(state.global_step);
-            if applied {
-                if args.use_clip_grad {
-                    optim.clip_to(grad_norm, args.max_grad_norm);
+            if let Some(d) = driver.as_mut() {
+                if applied {
+                    let coef = if args.use_clip_grad {
+                        args.max_grad_norm / (grad_norm + 1e-6)
+                    } else {
+                        1.0
+                    };
+                    d.apply_update(lr, coef)?;
+                } else {
+                    d.zero_grad()?;
                 }
-                optim.step(lr);
+            } else {
+                if applied {
+                    if args.use_clip_grad {
+                        optim.clip_to(grad_norm, args.max_grad_norm);
+                    }
+                    optim.step(lr);
+                }
+                optim.zero_grad();
             }
-            optim.zero_grad();
             state.global_step += 1;
             state.epoch = state.micro_batches as f64 / per_epoch as f64;
             step_losses.push(loss_value);
@@ -602,10 +694,14 @@ impl Trainer {
                 window_start = Instant::now();
             }
             if control.should_save {
+                let opt_state = match driver.as_mut() {
+                    Some(d) => d.gather_into(self.model.as_ref(), true)?,
+                    None => optim.state_tensors(),
+                };
                 let dir = checkpoint::save(
                     &out_dir,
                     self.model.as_mut(),
-                    optim,
+                    &opt_state,
                     &state,
                     args.save_total_limit,
                 )?;
@@ -615,6 +711,9 @@ impl Trainer {
                 last_checkpoint = Some(dir);
             }
             if control.should_evaluate {
+                if let Some(d) = driver.as_mut() {
+                    d.gather_into(self.model.as_ref(), false)?;
+                }
                 let m = self.evaluate()?;
                 let mut line = serde_json::json!({"step": state.global_step, "eval_loss": m.eval_loss, "perplexity": m.perplexity});
                 for (k, v) in &m.metrics {
@@ -629,6 +728,10 @@ impl Trainer {
                 stopped_early = true;
                 break;
             }
+        }
+        if let Some(mut d) = driver.take() {
+            d.gather_into(self.model.as_ref(), false)?;
+            d.finish()?;
         }
         for cb in &mut self.callbacks {
             cb.on_train_end(state.global_step);

@@ -3,8 +3,9 @@
 //! Column-parallel splits the output features across tensor-parallel ranks, row-parallel the
 //! input features; the rank-local weights keep the checkpoint's parameter names and layout.
 //! With `TensorParallel::single()` both are plain linears. The communication that makes
-//! `world_size > 1` work (the `f`/`g` regions) is owned by mf-parallel; until a communicator is
-//! attached, asking for more than one rank is an error, not a silent single-rank run.
+//! `world_size > 1` work (the `f`/`g` regions) is owned by mf-parallel, which builds layers with
+//! [`TensorParallel::with_runtime`]; anywhere else asking for more than one rank is an error, not
+//! a silent single-rank run.
 use mf_core::{invalid, Result};
 use tch::nn::{Init, Path};
 use tch::Tensor;
@@ -18,6 +19,8 @@ pub struct TensorParallel {
     pub rank: usize,
     /// Number of ranks in the group.
     pub world_size: usize,
+    /// Whether the parallel runtime drives these layers and owns their communication.
+    runtime: bool,
 }
 
 impl TensorParallel {
@@ -26,7 +29,23 @@ impl TensorParallel {
         TensorParallel {
             rank: 0,
             world_size: 1,
+            runtime: false,
         }
+    }
+
+    /// Rank `rank` of `world_size`, for layers the parallel runtime (mf-parallel) drives: it
+    /// performs the all-reduce / all-gather the sharded layers need between their segments.
+    pub fn with_runtime(rank: usize, world_size: usize) -> Result<Self> {
+        if world_size == 0 || rank >= world_size {
+            return Err(invalid(format!(
+                "tensor parallel rank {rank} is out of range for {world_size} rank(s)"
+            )));
+        }
+        Ok(TensorParallel {
+            rank,
+            world_size,
+            runtime: true,
+        })
     }
 
     /// Checks that `dim` splits evenly and that a communicator exists for `world_size > 1`.
@@ -43,7 +62,7 @@ impl TensorParallel {
 
     /// Fails for `world_size > 1` until the parallel runtime attaches a communicator.
     pub fn require_communicator(&self, what: &str) -> Result<()> {
-        if self.world_size != 1 {
+        if self.world_size != 1 && !self.runtime {
             return Err(invalid(format!(
                 "tensor parallel world size {} for {what}: no communicator is attached \
                  (model_parallel > 1 needs the parallel runtime)",
@@ -239,6 +258,17 @@ impl RowParallelLinear {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = apply(x, &self.weight, self.bias.as_ref(), self.layout);
         with_lora(y, x, self.lora.as_ref(), train)
+    }
+
+    /// `x W` without the bias: this rank's partial sum, which the parallel runtime reduces over
+    /// the tensor-parallel group before adding [`RowParallelLinear::bias`] once.
+    pub fn forward_partial(&self, x: &Tensor) -> Tensor {
+        apply(x, &self.weight, None, self.layout)
+    }
+
+    /// The output bias (replicated on every tensor-parallel rank).
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }
 

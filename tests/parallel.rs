@@ -1,0 +1,284 @@
+//! Parallel training on the threads backend trains to the same numbers as one device: per-step
+//! losses within 1e-5 (relative) and final weights within 1e-5 of the single-device run with
+//! the same global batch, for data / optimizer / tensor / sequence / pipeline parallelism,
+//! micro-batch interleave and recompute. A quick subset runs by default; set
+//! `MF_PARALLEL_FULL=1` (`cargo xtask test --full`) for every layout up to 4 ranks.
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use mindformers::trainer::{ParallelConfig, RecomputeConfig};
+use mindformers::{
+    CausalLM, GPT2Config, GPT2LMHeadModel, GeneratorDataset, Trainer, TrainingArguments,
+};
+use tch::Tensor;
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const STEPS: usize = 5;
+const BATCH: usize = 8;
+
+fn tiny_model() -> Box<dyn CausalLM> {
+    tch::manual_seed(7);
+    let cfg = GPT2Config {
+        vocab_size: 64,
+        seq_length: 32,
+        hidden_size: 32,
+        num_layers: 4,
+        num_heads: 4,
+        embedding_dropout_prob: 0.0,
+        hidden_dropout_rate: 0.0,
+        attention_dropout_rate: 0.0,
+        ..Default::default()
+    };
+    Box::new(GPT2LMHeadModel::new(&cfg).unwrap())
+}
+
+/// Pseudo-random token rows (a fixed LCG), 17 tokens each.
+fn dataset() -> mindformers::Dataset {
+    let rows = (0..BATCH * STEPS).map(|i| {
+        let mut x = 1_234_567u64 + i as u64 * 7919;
+        (0..17)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((x >> 33) % 64) as i64
+            })
+            .collect::<Vec<i64>>()
+    });
+    GeneratorDataset::new(rows, &["input_ids"]).unwrap()
+}
+
+fn args(out: &Path) -> TrainingArguments {
+    TrainingArguments {
+        output_dir: out.display().to_string(),
+        max_steps: Some(STEPS),
+        batch_size: Some(BATCH),
+        learning_rate: 1e-2,
+        warmup_steps: Some(1),
+        weight_decay: 0.01,
+        use_clip_grad: true,
+        max_grad_norm: 1.0,
+        save_steps: 1000,
+        logging_steps: 1,
+        sink_mode: false,
+        ..Default::default()
+    }
+}
+
+struct Run {
+    losses: Vec<f64>,
+    weights: Vec<(String, Tensor)>,
+}
+
+fn train(layout: Option<(ParallelConfig, RecomputeConfig)>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new("text_generation", tiny_model(), args(dir.path()))
+        .unwrap()
+        .train_dataset(dataset())
+        .unwrap();
+    if let Some((p, r)) = layout {
+        t.set_parallel_config(p).unwrap();
+        t.set_recompute_config(r).unwrap();
+    }
+    let out = t.train().unwrap();
+    let weights = t
+        .model()
+        .parameters()
+        .into_iter()
+        .map(|(n, w)| (n, w.detach().copy()))
+        .collect();
+    Run {
+        losses: out.step_losses,
+        weights,
+    }
+}
+
+fn assert_same(name: &str, got: &Run, want: &Run) {
+    assert_eq!(got.losses.len(), want.losses.len(), "{name}: steps");
+    for (i, (a, b)) in got.losses.iter().zip(&want.losses).enumerate() {
+        assert!(
+            ((a - b) / b).abs() < 1e-5,
+            "{name}: step {i} loss {a} vs single device {b}"
+        );
+    }
+    assert!(
+        want.losses[STEPS - 1] < want.losses[0],
+        "the reference run should learn"
+    );
+    for ((n, a), (m, b)) in got.weights.iter().zip(&want.weights) {
+        assert_eq!(n, m);
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{name}: '{n}' differs from single device by {d}");
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    dp: usize,
+    mp: usize,
+    pp: usize,
+    sp: bool,
+    interleave: usize,
+    recompute: u8, // 0 none, 1 full, 2 selective
+    zero: bool,
+    vocab_parallel: bool,
+}
+
+impl Layout {
+    fn name(&self) -> String {
+        format!(
+            "dp{} mp{} pp{}{}{} {}{}{}",
+            self.dp,
+            self.mp,
+            self.pp,
+            if self.sp { " sp" } else { "" },
+            if self.interleave > 1 {
+                " interleave2"
+            } else {
+                ""
+            },
+            ["", "recompute", "select_recompute"][self.recompute as usize],
+            if self.zero { " zero1" } else { "" },
+            if self.vocab_parallel {
+                " vocab-parallel"
+            } else {
+                ""
+            },
+        )
+    }
+
+    fn configs(&self) -> (ParallelConfig, RecomputeConfig) {
+        (
+            ParallelConfig {
+                data_parallel: self.dp,
+                model_parallel: self.mp,
+                pipeline_stage: self.pp,
+                micro_batch_num: if self.pp > 1 { 2 } else { 1 },
+                micro_batch_interleave_num: self.interleave,
+                use_seq_parallel: self.sp,
+                optimizer_shard: self.zero,
+                vocab_emb_dp: !self.vocab_parallel,
+                ..Default::default()
+            },
+            RecomputeConfig {
+                recompute: self.recompute == 1,
+                select_recompute: self.recompute == 2,
+                ..Default::default()
+            },
+        )
+    }
+}
+
+fn check(l: Layout, reference: &Run) {
+    let run = train(Some(l.configs()));
+    assert_same(&l.name(), &run, reference);
+}
+
+const BASE: Layout = Layout {
+    dp: 1,
+    mp: 1,
+    pp: 1,
+    sp: false,
+    interleave: 1,
+    recompute: 0,
+    zero: false,
+    vocab_parallel: false,
+};
+
+#[test]
+fn quick_layouts_match_one_device() {
+    let _s = serial();
+    let reference = train(None);
+    for l in [
+        Layout { dp: 2, ..BASE },
+        Layout {
+            dp: 2,
+            zero: true,
+            ..BASE
+        },
+        Layout { mp: 2, ..BASE },
+        Layout {
+            mp: 2,
+            sp: true,
+            vocab_parallel: true,
+            ..BASE
+        },
+        Layout { pp: 2, ..BASE },
+        Layout {
+            mp: 2,
+            interleave: 2,
+            ..BASE
+        },
+        Layout {
+            recompute: 1,
+            ..BASE
+        },
+        Layout {
+            mp: 2,
+            sp: true,
+            recompute: 2,
+            ..BASE
+        },
+        Layout {
+            dp: 2,
+            mp: 2,
+            pp: 1,
+            ..BASE
+        },
+    ] {
+        check(l, &reference);
+    }
+}
+
+#[test]
+fn full_matrix_matches_one_device() {
+    if std::env::var("MF_PARALLEL_FULL").is_err() {
+        eprintln!("skipped: set MF_PARALLEL_FULL=1 (cargo xtask test --full) for every layout");
+        return;
+    }
+    let _s = serial();
+    let reference = train(None);
+    let mut n = 0;
+    for dp in [1, 2] {
+        for mp in [1, 2] {
+            for pp in [1, 2] {
+                if dp * mp * pp > 4 {
+                    continue;
+                }
+                for sp in [false, true] {
+                    if sp && mp == 1 {
+                        continue;
+                    }
+                    for interleave in [1, 2] {
+                        for recompute in [0u8, 1, 2] {
+                            for zero in [false, true] {
+                                if zero && dp == 1 {
+                                    continue;
+                                }
+                                check(
+                                    Layout {
+                                        dp,
+                                        mp,
+                                        pp,
+                                        sp,
+                                        interleave,
+                                        recompute,
+                                        zero,
+                                        vocab_parallel: mp > 1 && sp,
+                                    },
+                                    &reference,
+                                );
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{n} layouts match");
+}
