@@ -59,8 +59,9 @@ pub struct AsyncComm {
 }
 
 impl AsyncComm {
-    /// Moves `comm` onto a worker thread named `name`.
-    pub fn new(comm: Box<dyn Communicator>, name: &str) -> Result<Self> {
+    /// Moves `comm` onto a worker thread named `name`; its errors are prefixed with `label`
+    /// (which should name the group in world ranks: a group's own ranks are local numbers).
+    pub fn new(comm: Box<dyn Communicator>, name: &str, label: String) -> Result<Self> {
         let (rank, world) = (comm.rank(), comm.world_size());
         let (tx, rx) = unbounded::<Job>();
         let worker = std::thread::Builder::new()
@@ -72,9 +73,18 @@ impl AsyncComm {
                     let r = match &broken {
                         Some(e) => Err(MfError::Comm(e.clone())),
                         None => {
-                            let r = run(comm.as_ref(), job.op, &job.tensor);
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                run(comm.as_ref(), job.op, &job.tensor)
+                            }))
+                            .unwrap_or_else(|p| {
+                                Err(MfError::Comm(format!(
+                                    "the operation panicked: {}",
+                                    panic_text(&p)
+                                )))
+                            })
+                            .map_err(|e| MfError::Comm(format!("{label}: {}", plain(&e))));
                             if let Err(e) = &r {
-                                broken = Some(e.to_string());
+                                broken = Some(plain(e));
                             }
                             r
                         }
@@ -119,6 +129,22 @@ impl AsyncComm {
     pub fn run(&self, op: CommOp, tensor: Tensor) -> Result<Tensor> {
         self.submit(op, tensor)?.wait()
     }
+}
+
+/// An error's message without its kind prefix, so prefixes do not pile up.
+fn plain(e: &MfError) -> String {
+    match e {
+        MfError::Comm(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn run(comm: &dyn Communicator, op: CommOp, t: &Tensor) -> Result<Tensor> {

@@ -196,8 +196,23 @@ impl RankEngine {
             }
         }
         let optim = FlatOptimizer::new(&opts.optimizer)?;
-        let tp = AsyncComm::new(tp_group, &format!("tp-comm-{}", world.rank()))?;
-        let dp = AsyncComm::new(dp_group, &format!("dp-comm-{}", world.rank()))?;
+        let me = world.rank();
+        let tp = AsyncComm::new(
+            tp_group,
+            &format!("tp-comm-{me}"),
+            format!(
+                "world rank {me}, tensor-parallel group {:?}",
+                shape.tp_ranks(me)?
+            ),
+        )?;
+        let dp = AsyncComm::new(
+            dp_group,
+            &format!("dp-comm-{me}"),
+            format!(
+                "world rank {me}, data-parallel group {:?}",
+                shape.dp_ranks(me)?
+            ),
+        )?;
         let mut engine = RankEngine {
             opts,
             world,
@@ -237,6 +252,26 @@ impl RankEngine {
             .iter()
             .map(|b| (b.state.slice.end - b.state.slice.start) as usize * 4 * per)
             .sum()
+    }
+
+    fn pp_context(&self, e: MfError) -> MfError {
+        let me = self.world.rank();
+        let msg = match e {
+            MfError::Comm(m) => m,
+            other => other.to_string(),
+        };
+        MfError::Comm(format!(
+            "world rank {me}, pipeline group {:?}: {msg}",
+            self.shape.pp_ranks(me).unwrap_or_default()
+        ))
+    }
+
+    fn pp_send(&self, t: &Tensor, stage: usize) -> Result<()> {
+        self.pp.send(t, stage).map_err(|e| self.pp_context(e))
+    }
+
+    fn pp_recv(&self, stage: usize) -> Result<Tensor> {
+        self.pp.recv(stage).map_err(|e| self.pp_context(e))
     }
 
     fn sp(&self) -> bool {
@@ -484,7 +519,7 @@ impl RankEngine {
                 xs.push(post.value());
                 recs[c].embed = Some((tok, post));
             } else {
-                xs.push(self.pp.recv(self.coord.pp - 1)?);
+                xs.push(self.pp_recv(self.coord.pp - 1)?);
             }
         }
         for layer in spec.layers.clone() {
@@ -521,7 +556,7 @@ impl RankEngine {
                 losses.push(loss.out.double_value(&[]));
                 recs[c].head = Some((norm, loss));
             } else {
-                self.pp.send(x, self.coord.pp + 1)?;
+                self.pp_send(x, self.coord.pp + 1)?;
             }
         }
         Ok((recs, losses))
@@ -547,7 +582,7 @@ impl RankEngine {
                     .ok_or_else(|| invalid("head record missing"))?;
                 gs.push(self.head_backward(norm, loss, grad_scale)?);
             } else {
-                gs.push(self.pp.recv(self.coord.pp + 1)?);
+                gs.push(self.pp_recv(self.coord.pp + 1)?);
             }
         }
         for layer in spec.layers.clone().rev() {
@@ -603,7 +638,7 @@ impl RankEngine {
                     .ok_or_else(|| invalid("embedding record missing"))?;
                 self.embed_backward(tok, post, &gs[c])?;
             } else {
-                self.pp.send(&gs[c], self.coord.pp - 1)?;
+                self.pp_send(&gs[c], self.coord.pp - 1)?;
             }
         }
         Ok(())

@@ -112,8 +112,10 @@ mod tests {
     #[test]
     fn segment_backward_equals_one_graph() {
         tch::manual_seed(0);
-        let w1 = Tensor::randn([4, 4], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
-        let w2 = Tensor::randn([4, 4], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let mut w1 =
+            Tensor::randn([4, 4], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let mut w2 =
+            Tensor::randn([4, 4], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
         let x = Tensor::randn([3, 4], (Kind::Double, tch::Device::Cpu));
         // One graph.
         let y = x.matmul(&w1).tanh().matmul(&w2).sum(Kind::Double);

@@ -98,11 +98,7 @@ impl ParallelDriver {
                         run_worker(engine, rx)
                     }));
                     r.unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
+                        let msg = mf_parallel::async_comm::panic_text(&p);
                         Err(MfError::Comm(format!("rank {rank} panicked: {msg}")))
                     })
                 })
