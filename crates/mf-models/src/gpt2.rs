@@ -655,12 +655,6 @@ impl GPT2Stage {
                 ))
             })
     }
-
-    fn part<'a>(&self, t: &'a Option<Tensor>, what: &str) -> &'a Tensor {
-        // The runtime only asks the first / last stage for these; a miss is a runtime bug.
-        t.as_ref()
-            .unwrap_or_else(|| panic!("GPT-2 stage {:?} holds no {what}", self.spec.layers))
-    }
 }
 
 impl crate::parallel::ParallelLM for GPT2Stage {
@@ -712,31 +706,27 @@ impl crate::parallel::ParallelLM for GPT2Stage {
     }
 
     fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
-        let wte = self.part(&self.wte, "embedding");
-        if !self.spec.vocab_parallel {
-            return Ok(Tensor::embedding(wte, ids, -1, false, false));
-        }
-        let local = wte.size()[0];
-        let start = local * self.spec.tp.rank as i64;
-        let mine = ids.ge(start).logical_and(&ids.lt(start + local));
-        let idx = (ids - start).where_scalarother(&mine, 0);
-        let e = Tensor::embedding(wte, &idx, -1, false, false);
-        let keep = mine.unsqueeze(-1).to_kind(e.kind());
-        Ok(e * keep)
+        let wte = self
+            .wte
+            .as_ref()
+            .ok_or_else(|| invalid("this pipeline stage holds no embedding"))?;
+        crate::parallel::vocab_embedding(wte, ids, &self.spec)
     }
 
     fn embed_post(&self, x: &Tensor, positions: &Tensor, train: bool) -> Tensor {
-        let wpe = self.part(&self.wpe, "position embedding");
-        (x + Tensor::embedding(wpe, positions, -1, false, false))
-            .dropout(self.config.embedding_dropout_prob, train)
+        let x = match &self.wpe {
+            Some(wpe) => x + Tensor::embedding(wpe, positions, -1, false, false),
+            None => x.shallow_clone(),
+        };
+        x.dropout(self.config.embedding_dropout_prob, train)
     }
 
-    fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Tensor {
-        let b = self.block(layer).expect("layer on this stage");
-        match sub {
+    fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Result<Tensor> {
+        let b = self.block(layer)?;
+        Ok(match sub {
             crate::parallel::Sublayer::Attention => b.ln_1.forward(x),
             crate::parallel::Sublayer::Mlp => b.ln_2.forward(x),
-        }
+        })
     }
 
     fn core(
@@ -786,15 +776,19 @@ impl crate::parallel::ParallelLM for GPT2Stage {
         }
     }
 
-    fn final_norm(&self, x: &Tensor) -> Tensor {
-        self.ln_f
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self
+            .ln_f
             .as_ref()
-            .expect("final norm on the last stage")
-            .forward(x)
+            .ok_or_else(|| invalid("this pipeline stage holds no final norm"))?;
+        Ok(n.forward(x))
     }
 
-    fn head_weight(&self) -> Tensor {
-        self.part(&self.wte, "LM head").shallow_clone()
+    fn head_weight(&self) -> Result<Tensor> {
+        self.wte
+            .as_ref()
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| invalid("this pipeline stage holds no LM head"))
     }
 
     fn layer_of(&self, name: &str) -> Option<usize> {

@@ -600,6 +600,49 @@ struct Layer {
     down_proj: RowParallelLinear,
 }
 
+impl Layer {
+    /// Layer `l` (`model.layers.{i}`) at a tensor-parallel position, HF's initialisation.
+    fn new(
+        l: &nn::Path,
+        config: &LlamaConfig,
+        tp: TensorParallel,
+        heads: &HeadShard,
+    ) -> Result<Self> {
+        let (h, std, f) = (
+            config.hidden_size,
+            config.initializer_range,
+            config.ffn_size(),
+        );
+        let hd = config.head_size();
+        let (q_out, kv_out) = (config.num_attention_heads * hd, heads.kv_heads * hd);
+        let lay = WeightLayout::OutIn;
+        let eps = config.rms_norm_eps;
+        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
+        let (a, p) = (l / "self_attn", l / "mlp");
+        let col = |name: &str, out: usize, bias: bool| {
+            ColumnParallelLinear::new(&(&a / name), h, out, bias, lay, tp, std)
+        };
+        // k/v hold this rank's kv heads, which are replicated rather than split when there
+        // are more ranks than kv heads.
+        let kv = |name: &str| {
+            ColumnParallelLinear::with_local_out(&(&a / name), h, kv_out, qkv_bias, lay, tp, std)
+        };
+        let mlp_col =
+            |name: &str| ColumnParallelLinear::new(&(&p / name), h, f, mlp_bias, lay, tp, std);
+        Ok(Layer {
+            input_layernorm: RmsNorm::new(&(l / "input_layernorm"), h, eps),
+            q_proj: col("q_proj", q_out, qkv_bias)?,
+            k_proj: kv("k_proj")?,
+            v_proj: kv("v_proj")?,
+            o_proj: RowParallelLinear::new(&(&a / "o_proj"), q_out, h, o_bias, lay, tp, std)?,
+            post_attention_layernorm: RmsNorm::new(&(l / "post_attention_layernorm"), h, eps),
+            gate_proj: mlp_col("gate_proj")?,
+            up_proj: mlp_col("up_proj")?,
+            down_proj: RowParallelLinear::new(&(&p / "down_proj"), f, h, mlp_bias, lay, tp, std)?,
+        })
+    }
+}
+
 /// The LLaMA language model with its LM head (also Qwen2 checkpoints).
 pub struct LlamaForCausalLM {
     config: LlamaConfig,
@@ -653,12 +696,7 @@ impl LlamaForCausalLM {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let root = vs.root();
         let m = &root / "model";
-        let (h, std, f) = (
-            config.hidden_size,
-            config.initializer_range,
-            config.ffn_size(),
-        );
-        let (q_out, kv_out) = (config.num_attention_heads * hd, heads.kv_heads * hd);
+        let (h, std) = (config.hidden_size, config.initializer_range);
         let normal = Init::Randn {
             mean: 0.0,
             stdev: std,
@@ -667,63 +705,9 @@ impl LlamaForCausalLM {
             (&m / "embed_tokens").var("weight", &[config.vocab_size as i64, h as i64], normal);
         let lay = WeightLayout::OutIn;
         let eps = config.rms_norm_eps;
-        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let l = &m / "layers" / i;
-            let (a, p) = (&l / "self_attn", &l / "mlp");
-            let col = |name: &str, out: usize, bias: bool| {
-                ColumnParallelLinear::new(&(&a / name), h, out, bias, lay, tp, std)
-            };
-            // k/v hold this rank's kv heads, which are replicated rather than split when
-            // there are more ranks than kv heads.
-            let kv = |name: &str| {
-                ColumnParallelLinear::with_local_out(
-                    &(&a / name),
-                    h,
-                    kv_out,
-                    qkv_bias,
-                    lay,
-                    tp,
-                    std,
-                )
-            };
-            layers.push(Layer {
-                input_layernorm: RmsNorm::new(&(&l / "input_layernorm"), h, eps),
-                q_proj: col("q_proj", q_out, qkv_bias)?,
-                k_proj: kv("k_proj")?,
-                v_proj: kv("v_proj")?,
-                o_proj: RowParallelLinear::new(&(&a / "o_proj"), q_out, h, o_bias, lay, tp, std)?,
-                post_attention_layernorm: RmsNorm::new(&(&l / "post_attention_layernorm"), h, eps),
-                gate_proj: ColumnParallelLinear::new(
-                    &(&p / "gate_proj"),
-                    h,
-                    f,
-                    mlp_bias,
-                    lay,
-                    tp,
-                    std,
-                )?,
-                up_proj: ColumnParallelLinear::new(
-                    &(&p / "up_proj"),
-                    h,
-                    f,
-                    mlp_bias,
-                    lay,
-                    tp,
-                    std,
-                )?,
-                down_proj: RowParallelLinear::new(
-                    &(&p / "down_proj"),
-                    f,
-                    h,
-                    mlp_bias,
-                    lay,
-                    tp,
-                    std,
-                )?,
-            });
-        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::new(&(&m / "layers" / i), config, tp, &heads))
+            .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(&(&m / "norm"), h, eps);
         let lm_head = if config.tie_word_embeddings {
             None
@@ -980,6 +964,10 @@ impl CausalLM for LlamaForCausalLM {
         crate::model::sorted_variables(&self.vs)
     }
 
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::Llama(self.config.clone()))
+    }
+
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
         let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
         for (i, l) in self.layers.iter_mut().enumerate() {
@@ -997,6 +985,251 @@ impl CausalLM for LlamaForCausalLM {
 
     fn num_parameters(&self) -> usize {
         crate::model::count_parameters(&self.vs)
+    }
+}
+
+/// One pipeline stage of LLaMA at one tensor-parallel position, driven by mf-parallel:
+/// q/k/v, gate and up column-parallel (whole query and kv heads per rank), o and down
+/// row-parallel, embedding and LM head vocabulary-parallel or replicated.
+pub struct LlamaStage {
+    config: LlamaConfig,
+    spec: crate::parallel::StageSpec,
+    vs: nn::VarStore,
+    embed_tokens: Option<Tensor>,
+    layers: Vec<Layer>,
+    norm: Option<RmsNorm>,
+    lm_head: Option<Tensor>,
+    rope: RotaryEmbedding,
+    heads: HeadShard,
+    head_dim: i64,
+    act: fn(&Tensor) -> Tensor,
+}
+
+impl LlamaStage {
+    /// Builds the stage `spec` describes with HF's random initialisation.
+    pub fn new(config: &LlamaConfig, spec: crate::parallel::StageSpec) -> Result<Self> {
+        config.validate("LlamaConfig")?;
+        let tp = spec.tp;
+        if !config.kv_heads().is_multiple_of(tp.world_size) {
+            return Err(invalid(format!(
+                "model_parallel = {} does not divide the {} key/value heads; replicating kv heads across ranks is not supported by the parallel runtime yet: pick a model_parallel that divides them",
+                tp.world_size,
+                config.kv_heads()
+            )));
+        }
+        if spec.layers.end > config.num_hidden_layers || spec.layers.is_empty() {
+            return Err(invalid(format!(
+                "pipeline stage layers {:?} do not fit a model of {} layers",
+                spec.layers, config.num_hidden_layers
+            )));
+        }
+        let heads = HeadShard::plan(
+            config.num_attention_heads,
+            config.kv_heads(),
+            tp.rank,
+            tp.world_size,
+        )?;
+        let (theta, scaling) = config.rope()?;
+        let hd = config.head_size();
+        let rope = RotaryEmbedding::new(hd, theta, scaling)?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let m = &root / "model";
+        let h = config.hidden_size as i64;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: config.initializer_range,
+        };
+        let vocab = if spec.vocab_parallel {
+            tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
+        } else {
+            config.vocab_size as i64
+        };
+        let tied = config.tie_word_embeddings;
+        let embed_tokens = (spec.first || (tied && spec.last))
+            .then(|| (&m / "embed_tokens").var("weight", &[vocab, h], normal));
+        let lm_head =
+            (spec.last && !tied).then(|| (&root / "lm_head").var("weight", &[vocab, h], normal));
+        let layers = spec
+            .layers
+            .clone()
+            .map(|i| Layer::new(&(&m / "layers" / i), config, tp, &heads))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = spec
+            .last
+            .then(|| RmsNorm::new(&(&m / "norm"), config.hidden_size, config.rms_norm_eps));
+        Ok(LlamaStage {
+            act: activation(&config.hidden_act)?,
+            head_dim: hd as i64,
+            heads,
+            rope,
+            config: config.clone(),
+            spec,
+            vs,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    fn layer(&self, layer: usize) -> Result<&Layer> {
+        layer
+            .checked_sub(self.spec.layers.start)
+            .and_then(|i| self.layers.get(i))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "layer {layer} is not on this pipeline stage ({:?})",
+                    self.spec.layers
+                ))
+            })
+    }
+}
+
+impl crate::parallel::ParallelLM for LlamaStage {
+    fn spec(&self) -> &crate::parallel::StageSpec {
+        &self.spec
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        crate::model::sorted_variables(&self.vs)
+    }
+
+    fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
+        use crate::parallel::ShardRule::{Replicated, Split};
+        // nn.Linear weights are [out, in]: column-parallel splits dim 0, row-parallel dim 1.
+        let is = |suffix: &str| name.ends_with(suffix);
+        if is("embed_tokens.weight") || name == "lm_head.weight" {
+            return if self.spec.vocab_parallel {
+                Split { dim: 0, parts: 1 }
+            } else {
+                Replicated
+            };
+        }
+        let column = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
+            .iter()
+            .any(|p| name.contains(&format!(".{p}.")));
+        let row = name.contains(".o_proj.") || name.contains(".down_proj.");
+        if column {
+            Split { dim: 0, parts: 1 }
+        } else if row && is(".weight") {
+            Split { dim: 1, parts: 1 }
+        } else {
+            Replicated
+        }
+    }
+
+    fn tied_embedding(&self) -> Option<&str> {
+        self.config
+            .tie_word_embeddings
+            .then_some("model.embed_tokens.weight")
+    }
+
+    fn has_dropout(&self) -> bool {
+        self.config.attention_dropout > 0.0
+    }
+
+    fn hidden_dropout(&self) -> f64 {
+        0.0
+    }
+
+    fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let w = self
+            .embed_tokens
+            .as_ref()
+            .ok_or_else(|| invalid("this pipeline stage holds no embedding"))?;
+        crate::parallel::vocab_embedding(w, ids, &self.spec)
+    }
+
+    fn embed_post(&self, x: &Tensor, _positions: &Tensor, _train: bool) -> Tensor {
+        x.shallow_clone()
+    }
+
+    fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Result<Tensor> {
+        let l = self.layer(layer)?;
+        Ok(match sub {
+            crate::parallel::Sublayer::Attention => l.input_layernorm.forward(x),
+            crate::parallel::Sublayer::Mlp => l.post_attention_layernorm.forward(x),
+        })
+    }
+
+    fn core(
+        &self,
+        layer: usize,
+        sub: crate::parallel::Sublayer,
+        h: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let l = self.layer(layer)?;
+        match sub {
+            crate::parallel::Sublayer::Attention => {
+                let (b, t, _) = h.size3()?;
+                let hd = self.head_dim;
+                let (nq, nkv) = (self.heads.q_heads as i64, self.heads.kv_heads as i64);
+                let pos = Tensor::arange(t, (Kind::Int64, h.device()))
+                    .unsqueeze(0)
+                    .expand([b, t], false);
+                let (cos, sin) = self.rope.cos_sin(&pos, h.kind());
+                let split = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2);
+                let q = apply_rotary(&split(l.q_proj.forward_t(h, train), nq), &cos, &sin);
+                let k = apply_rotary(&split(l.k_proj.forward_t(h, train), nkv), &cos, &sin);
+                let v = split(l.v_proj.forward_t(h, train), nkv);
+                let dropout = if train {
+                    self.config.attention_dropout
+                } else {
+                    0.0
+                };
+                let attn = sdpa(&q, &k, &v, &AttnMask::Causal, dropout)
+                    .transpose(1, 2)
+                    .reshape([b, t, nq * hd]);
+                Ok(l.o_proj.forward_partial(&attn))
+            }
+            crate::parallel::Sublayer::Mlp => {
+                let m =
+                    (self.act)(&l.gate_proj.forward_t(h, train)) * l.up_proj.forward_t(h, train);
+                Ok(l.down_proj.forward_partial(&m))
+            }
+        }
+    }
+
+    fn out_bias(&self, layer: usize, sub: crate::parallel::Sublayer) -> Option<Tensor> {
+        let l = self.layer(layer).ok()?;
+        match sub {
+            crate::parallel::Sublayer::Attention => l.o_proj.bias().map(|t| t.shallow_clone()),
+            crate::parallel::Sublayer::Mlp => l.down_proj.bias().map(|t| t.shallow_clone()),
+        }
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self
+            .norm
+            .as_ref()
+            .ok_or_else(|| invalid("this pipeline stage holds no final norm"))?;
+        Ok(n.forward(x))
+    }
+
+    fn head_weight(&self) -> Result<Tensor> {
+        self.lm_head
+            .as_ref()
+            .or(self.embed_tokens.as_ref())
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| invalid("this pipeline stage holds no LM head"))
+    }
+
+    fn layer_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix("model.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
     }
 }
 

@@ -125,16 +125,16 @@ pub trait ParallelLM: Send {
     /// `positions` match the rows of `x` (a sequence shard under sequence parallelism).
     fn embed_post(&self, x: &Tensor, positions: &Tensor, train: bool) -> Tensor;
     /// The norm in front of a sublayer.
-    fn norm(&self, layer: usize, sub: Sublayer, x: &Tensor) -> Tensor;
+    fn norm(&self, layer: usize, sub: Sublayer, x: &Tensor) -> Result<Tensor>;
     /// Column-parallel projection, attention / MLP, row-parallel projection without its bias:
     /// this rank's partial sum. `h` holds the whole sequence.
     fn core(&self, layer: usize, sub: Sublayer, h: &Tensor, train: bool) -> Result<Tensor>;
     /// The bias added once after the partial sums are reduced.
     fn out_bias(&self, layer: usize, sub: Sublayer) -> Option<Tensor>;
     /// Last stage: the final norm.
-    fn final_norm(&self, x: &Tensor) -> Tensor;
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor>;
     /// Last stage: the LM head rows this rank holds, `[vocab or vocab / tp, hidden]`.
-    fn head_weight(&self) -> Tensor;
+    fn head_weight(&self) -> Result<Tensor>;
     /// The decoder layer a parameter belongs to (`None` for embeddings and the final norm).
     fn layer_of(&self, name: &str) -> Option<usize>;
     /// Vocabulary size of the whole model.
@@ -143,13 +143,41 @@ pub trait ParallelLM: Send {
     fn num_layers(&self) -> usize;
 }
 
+/// Token embeddings from a table that is whole or, under `spec.vocab_parallel`, this rank's
+/// vocabulary rows (other ranks' ids give zero rows: a partial sum over the group).
+pub fn vocab_embedding(table: &Tensor, ids: &Tensor, spec: &StageSpec) -> Result<Tensor> {
+    if !spec.vocab_parallel {
+        return Ok(Tensor::embedding(table, ids, -1, false, false));
+    }
+    let local = table.size()[0];
+    let start = local * spec.tp.rank as i64;
+    let mine = ids.ge(start).logical_and(&ids.lt(start + local));
+    let idx = (ids - start).where_scalarother(&mine, 0);
+    let e = Tensor::embedding(table, &idx, -1, false, false);
+    let keep = mine.unsqueeze(-1).to_kind(e.kind());
+    Ok(e * keep)
+}
+
+/// The decoder layers of a model, for splitting it into stages.
+pub fn layer_count(config: &ModelConfig) -> Result<usize> {
+    match config {
+        ModelConfig::Gpt2(c) => Ok(c.num_layers),
+        ModelConfig::Llama(c) => Ok(c.num_hidden_layers),
+        other => Err(invalid(format!(
+            "parallel training supports GPT-2 and LLaMA so far; this model is {}",
+            other.model_type()
+        ))),
+    }
+}
+
 /// Builds one stage of the model `config` describes (random weights: the runtime copies the
 /// shards of the real weights in).
 pub fn build_stage(config: &ModelConfig, spec: StageSpec) -> Result<Box<dyn ParallelLM>> {
     match config {
         ModelConfig::Gpt2(c) => Ok(Box::new(crate::gpt2::GPT2Stage::new(c, spec)?)),
+        ModelConfig::Llama(c) => Ok(Box::new(crate::llama::LlamaStage::new(c, spec)?)),
         other => Err(invalid(format!(
-            "parallel training (data/model/pipeline parallel, recompute) supports GPT-2 so far; \
+            "parallel training (data/model/pipeline parallel, recompute) supports GPT-2 and LLaMA so far; \
              this model is {}. Train it on one device",
             other.model_type()
         ))),
@@ -165,9 +193,18 @@ pub fn check_layout(
 ) -> Result<()> {
     let (heads, vocab, layers) = match config {
         ModelConfig::Gpt2(c) => (c.num_heads, c.vocab_size, c.num_layers),
+        ModelConfig::Llama(c) => {
+            if !c.kv_heads().is_multiple_of(model_parallel) {
+                return Err(invalid(format!(
+                    "the model's {} key/value heads are not divisible by model_parallel = {model_parallel}; pick a model_parallel that divides them",
+                    c.kv_heads()
+                )));
+            }
+            (c.num_attention_heads, c.vocab_size, c.num_hidden_layers)
+        }
         other => {
             return Err(invalid(format!(
-                "parallel training supports GPT-2 so far; this model is {}. Train it on one device",
+                "parallel training supports GPT-2 and LLaMA so far; this model is {}. Train it on one device",
                 other.model_type()
             )))
         }

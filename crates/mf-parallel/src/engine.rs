@@ -163,7 +163,7 @@ impl RankEngine {
             None
         };
         let tp_pos = TensorParallel::with_runtime(coord.tp, shape.tp)?;
-        let num_layers = layer_count(config)?;
+        let num_layers = mf_models::parallel::layer_count(config)?;
         let spec = StageSpec {
             layers: stage_layers(num_layers, shape.pp, coord.pp),
             first: coord.pp == 0,
@@ -700,9 +700,7 @@ impl RankEngine {
         for (si, sub) in Sublayer::ALL.into_iter().enumerate() {
             let mut stage1 = Vec::with_capacity(n);
             for c in 0..n {
-                let norm = Seg::run(&[(&xs[c], true)], |l| {
-                    Ok(self.model.norm(layer, sub, &l[0]))
-                })?;
+                let norm = Seg::run(&[(&xs[c], true)], |l| self.model.norm(layer, sub, &l[0]))?;
                 let h = match replay[c].next() {
                     Some(h) => h,
                     None => self.comm_in(norm.value())?,
@@ -896,8 +894,8 @@ impl RankEngine {
     }
 
     fn head_forward(&self, x: &Tensor, labels: &Tensor) -> Result<(Seg, Seg)> {
-        let norm = Seg::run(&[(x, true)], |l| Ok(self.model.final_norm(&l[0])))?;
-        let w = self.model.head_weight();
+        let norm = Seg::run(&[(x, true)], |l| self.model.final_norm(&l[0]))?;
+        let w = self.model.head_weight()?;
         if self.vocab_parallel() {
             let hn = self.comm_in(norm.value())?;
             let loss = Seg::run(&[(&hn, true)], |l| {
@@ -1256,16 +1254,6 @@ impl RankEngine {
             }
         }
         Ok(())
-    }
-}
-
-fn layer_count(config: &ModelConfig) -> Result<usize> {
-    match config {
-        ModelConfig::Gpt2(c) => Ok(c.num_layers),
-        other => Err(invalid(format!(
-            "parallel training supports GPT-2 so far; this model is {}",
-            other.model_type()
-        ))),
     }
 }
 
