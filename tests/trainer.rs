@@ -371,15 +371,20 @@ fn parallel_recompute_predict_and_finetune() {
     })
     .unwrap();
     assert_eq!(t.parallel_config().device_num(), 16);
+    // The layout is checked against the model before any rank starts.
     let err = t.train().unwrap_err().to_string();
-    assert!(err.contains("needs the parallel runtime"), "{err}");
+    assert!(
+        err.contains("1 layers, fewer than pipeline_stage = 2"),
+        "{err}"
+    );
     t.set_parallel_config(ParallelConfig::default()).unwrap();
     t.set_recompute_config(RecomputeConfig {
         recompute: true,
         ..Default::default()
     })
     .unwrap();
-    assert!(t.train().unwrap_err().to_string().contains("recompute"));
+    // Full recompute (with dropout: masks are seeded per segment) trains on.
+    assert!(t.train().unwrap().step_losses.iter().all(|l| l.is_finite()));
     assert!(t
         .set_recompute_config(RecomputeConfig {
             recompute: true,
