@@ -242,3 +242,39 @@ fn seed_preset_task_example_trains_on_prepared_shards() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mf data prepare"));
 }
+
+#[test]
+fn parallel_seed_examples_run() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let envs = [
+        ("MF_EXAMPLE_MAX_STEPS", OsStr::new("2")),
+        ("MF_EXAMPLE_OUTPUT", out_dir.path().as_os_str()),
+    ];
+    let out = run_env("parallel_config", &envs);
+    for n in [1, 2] {
+        assert!(
+            out.contains(&format!(
+                "micro_batch_interleave_num={n}: 16 ranks trained 2 steps"
+            )),
+            "{out}"
+        );
+    }
+    let out = run_env("recompute_config", &envs);
+    assert!(
+        out.contains("recompute=true select_recompute=false"),
+        "{out}"
+    );
+    assert!(
+        out.contains("recompute=false select_recompute=true"),
+        "{out}"
+    );
+    assert!(
+        out.contains("losses equal to training without recompute: true"),
+        "{out}"
+    );
+    let out = run_env("seq_parallel", &envs);
+    assert!(
+        out.contains("use_seq_parallel=True model_parallel=2"),
+        "{out}"
+    );
+}
