@@ -258,8 +258,8 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 /// mindformers-rs against transformers `generate` on the same machine, same threads, same run.
 fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str);
-    if what != Some("generate") && what != Some("train") {
-        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N]");
+    if what != Some("generate") && what != Some("train") && what != Some("parallel") {
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel");
     }
     let threads = args
         .windows(2)
@@ -276,6 +276,9 @@ fn bench(args: &[String]) -> Result<()> {
     let mf = root().join("target/release/mf");
     if what == Some("train") {
         return bench_train(&mf, &threads, args.iter().any(|a| a == "--bf16"));
+    }
+    if what == Some("parallel") {
+        return bench_parallel(&mf);
     }
     // `--model llama`: a ~125M LLaMA with grouped-query attention, the same shape on both sides.
     let llama = args
@@ -348,6 +351,115 @@ fn bench(args: &[String]) -> Result<()> {
             a / b,
             ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
             theirs["peak_rss_mb"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// Step time and memory of each parallel layout on the threads backend against one device,
+/// for one GPT-2 (8 layers, hidden 256, 8 heads, vocab 8192) and global batch (8 x 256 tokens).
+/// Every rank gets one intra-op thread, so a layout of two ranks uses the machine's two cores
+/// and the single-device run one: the pipeline bubble is then `p · T_pp / T_1 - 1`.
+fn bench_parallel(mf: &Path) -> Result<()> {
+    let layouts: &[(&str, &[&str])] = &[
+        ("1 device", &[]),
+        ("1 device, recompute", &["--recompute", "full"]),
+        ("1 device, select_recompute", &["--recompute", "selective"]),
+        ("dp2", &["--data-parallel", "2"]),
+        (
+            "dp2 + optimizer shard",
+            &["--data-parallel", "2", "--optimizer-shard"],
+        ),
+        ("mp2", &["--model-parallel", "2"]),
+        (
+            "mp2 + seq parallel",
+            &[
+                "--model-parallel",
+                "2",
+                "--seq-parallel",
+                "--vocab-parallel",
+            ],
+        ),
+        (
+            "mp2 + interleave 2",
+            &["--model-parallel", "2", "--micro-batch-interleave-num", "2"],
+        ),
+        (
+            "pp2, m=2",
+            &["--pipeline-stage", "2", "--micro-batch-num", "2"],
+        ),
+        (
+            "pp2, m=4",
+            &["--pipeline-stage", "2", "--micro-batch-num", "4"],
+        ),
+        (
+            "pp2, m=8",
+            &["--pipeline-stage", "2", "--micro-batch-num", "8"],
+        ),
+        (
+            "dp2 mp2",
+            &["--data-parallel", "2", "--model-parallel", "2"],
+        ),
+    ];
+    println!("model: GPT-2, 8 layers, hidden 256, 8 heads, vocab 8192; batch 8 x 256 tokens; f32; 1 intra-op thread per rank");
+    println!("| layout | ranks | step s | tokens/s | vs 1 device | peak RSS MiB (all ranks) | optimizer state per rank MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut single = 0.0;
+    let mut pp_times = Vec::new();
+    for (name, flags) in layouts {
+        let v = json_line(
+            Command::new(mf)
+                .arg("bench-train")
+                .args([
+                    "--set",
+                    "num_layers=8",
+                    "--set",
+                    "hidden_size=256",
+                    "--set",
+                    "num_heads=8",
+                    "--set",
+                    "vocab_size=8192",
+                    "--seq-length",
+                    "256",
+                    "--batch",
+                    "8",
+                    "--steps",
+                    "4",
+                    "--warmup",
+                    "1",
+                    "--threads",
+                    "1",
+                ])
+                .args(*flags),
+        )?;
+        let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        let step = 1.0 / f("steps_per_s");
+        if single == 0.0 {
+            single = step;
+        }
+        if name.starts_with("pp2") {
+            pp_times.push((name.to_string(), step));
+        }
+        println!(
+            "| {name} | {} | {step:.3} | {:.0} | {:.2}x | {:.0} | {:.1} |",
+            f("ranks"),
+            f("tokens_per_s"),
+            single / step,
+            f("peak_rss_mb"),
+            f("optimizer_state_bytes_rank0") / (1024.0 * 1024.0)
+        );
+    }
+    println!("\n| pipeline | measured bubble 2·T_pp/T_1 - 1 | (p-1)/m |\n|---|---|---|");
+    for (name, t) in pp_times {
+        let m: f64 = name
+            .rsplit('=')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(1.0);
+        println!(
+            "| {name} | {:.2} | {:.2} |",
+            2.0 * t / single - 1.0,
+            1.0 / m
         );
     }
     Ok(())

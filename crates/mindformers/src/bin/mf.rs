@@ -182,6 +182,9 @@ enum Cmd {
         /// Train in bf16 with f32 master weights (TrainingArguments.bf16).
         #[arg(long)]
         bf16: bool,
+        /// Parallel layout on the threads backend, as set_parallel_config.
+        #[command(flatten)]
+        layout: LayoutArgs,
     },
     /// Dataset tools.
     Data {
@@ -245,12 +248,95 @@ impl mindformers::Callback for StepClock {
     fn name(&self) -> &str {
         "step_clock"
     }
+    fn on_train_begin(
+        &mut self,
+        begin: &mindformers::trainer::callbacks::TrainBegin,
+    ) -> mindformers::Result<()> {
+        OPT_BYTES.store(
+            begin.optimizer_state_bytes,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Ok(())
+    }
     fn on_step_end(&mut self, _step: &mindformers::StepInfo, _c: &mut mindformers::TrainerControl) {
         if let Ok(mut t) = self.0.lock() {
             t.push(std::time::Instant::now());
         }
     }
 }
+
+/// `set_parallel_config` / `set_recompute_config` as command-line flags.
+#[derive(clap::Args, Debug, Clone)]
+struct LayoutArgs {
+    /// data_parallel.
+    #[arg(long, default_value_t = 1)]
+    data_parallel: usize,
+    /// model_parallel.
+    #[arg(long, default_value_t = 1)]
+    model_parallel: usize,
+    /// pipeline_stage.
+    #[arg(long, default_value_t = 1)]
+    pipeline_stage: usize,
+    /// micro_batch_num.
+    #[arg(long, default_value_t = 1)]
+    micro_batch_num: usize,
+    /// micro_batch_interleave_num.
+    #[arg(long, default_value_t = 1)]
+    micro_batch_interleave_num: usize,
+    /// use_seq_parallel.
+    #[arg(long)]
+    seq_parallel: bool,
+    /// optimizer_shard (ZeRO-1).
+    #[arg(long)]
+    optimizer_shard: bool,
+    /// vocab_emb_dp = false: vocabulary-parallel embedding and cross-entropy.
+    #[arg(long)]
+    vocab_parallel: bool,
+    /// none, full (recompute) or selective (select_recompute).
+    #[arg(long, default_value = "none")]
+    recompute: String,
+}
+
+type Layout = (
+    mindformers::trainer::ParallelConfig,
+    mindformers::trainer::RecomputeConfig,
+);
+
+impl LayoutArgs {
+    fn configs(&self) -> mindformers::Result<Layout> {
+        let (recompute, select_recompute) = match self.recompute.as_str() {
+            "none" => (false, false),
+            "full" => (true, false),
+            "selective" => (false, true),
+            other => {
+                return Err(mindformers::core::invalid(format!(
+                    "--recompute {other}: expected none, full or selective"
+                )))
+            }
+        };
+        Ok((
+            mindformers::trainer::ParallelConfig {
+                data_parallel: self.data_parallel,
+                model_parallel: self.model_parallel,
+                pipeline_stage: self.pipeline_stage,
+                micro_batch_num: self.micro_batch_num,
+                micro_batch_interleave_num: self.micro_batch_interleave_num,
+                use_seq_parallel: self.seq_parallel,
+                optimizer_shard: self.optimizer_shard,
+                vocab_emb_dp: !self.vocab_parallel,
+                ..Default::default()
+            },
+            mindformers::trainer::RecomputeConfig {
+                recompute,
+                select_recompute,
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// Optimizer-state bytes of rank 0, seen by [`StepClock`] at train begin.
+static OPT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Peak resident memory of this process in MiB (VmHWM).
 fn peak_rss_mb() -> f64 {
@@ -497,7 +583,9 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             threads,
             bf16,
+            layout,
         } => {
+            let (parallel, recompute) = layout.configs()?;
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
@@ -539,6 +627,9 @@ fn run(cli: Cli) -> Result<()> {
             let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut trainer = mindformers::Trainer::new("text_generation", model, args)?
                 .train_dataset(dataset)?;
+            let ranks = parallel.device_num();
+            trainer.set_parallel_config(parallel)?;
+            trainer.set_recompute_config(recompute)?;
             trainer.remove_callback("loss_monitor");
             trainer.add_callback(Box::new(StepClock(times.clone())));
             let start = std::time::Instant::now();
@@ -564,6 +655,8 @@ fn run(cli: Cli) -> Result<()> {
                 "matmul_peak_gflops": peak,
                 "mfu": 6.0 * params as f64 * tokens_per_s / (peak * 1e9),
                 "threads": tch::get_num_threads(),
+                "ranks": ranks,
+                "optimizer_state_bytes_rank0": OPT_BYTES.load(std::sync::atomic::Ordering::SeqCst),
             });
             writeln!(out, "{v}")?;
         }
