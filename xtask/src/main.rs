@@ -212,9 +212,17 @@ fn demo() -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     setup(true)?;
+    // `--full` adds the slow matrices: every parallel layout up to 4 ranks (tests/parallel.rs).
+    let full = args.iter().any(|a| a == "--full");
+    let args: Vec<&String> = args.iter().filter(|a| *a != "--full").collect();
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(args);
+    if full {
+        cmd.env("MF_PARALLEL_FULL", "1");
+    }
     // Plain `cargo test` builds the examples as ordinary binaries, which tests/examples.rs runs
     // (with --all-targets they would be test harnesses instead).
-    run(cargo().args(["test", "--workspace"]).args(args))?;
+    run(&mut cmd)?;
     // The NCCL communicator is behind a feature (CPU builds need no CUDA); keep it compiling.
     run(cargo().args(["check", "-p", "mf-core", "--features", "nccl"]))?;
     // The HF round trip: the Rust test suite saved a model with save_pretrained; transformers
