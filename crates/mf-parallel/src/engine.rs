@@ -129,7 +129,9 @@ pub struct RankEngine {
     rules: Vec<ShardRule>,
     buckets: Vec<Bucket>,
     optim: FlatOptimizer,
-    micro_calls: u64,
+    /// The data position of the current batch: it seeds dropout, so a resumed run draws the
+    /// masks the uninterrupted run drew.
+    batch_index: u64,
     seq_len: Option<i64>,
 }
 
@@ -227,7 +229,7 @@ impl RankEngine {
             rules,
             buckets: Vec::new(),
             optim,
-            micro_calls: 0,
+            batch_index: 0,
             seq_len: None,
         };
         engine.buckets = engine.make_buckets()?;
@@ -409,7 +411,7 @@ impl RankEngine {
         if !self.model.has_dropout() {
             return None;
         }
-        let mut all = vec![self.opts.seed, self.micro_calls, self.coord.dp as u64];
+        let mut all = vec![self.opts.seed, self.batch_index, self.coord.dp as u64];
         all.extend_from_slice(parts);
         Some(mix(&all))
     }
@@ -481,7 +483,7 @@ impl RankEngine {
         if sync {
             self.finish_outer_grads()?;
         }
-        self.micro_calls += 1;
+        self.batch_index += 1;
         // The loss lives on the last stage; every rank learns the global mean.
         let contrib = if stage == stages - 1 { loss_sum } else { 0.0 };
         let total = self
@@ -1127,6 +1129,11 @@ impl RankEngine {
             b.grad = None;
             b.pending = None;
         }
+    }
+
+    /// Sets the data position (batches consumed so far) of the next `forward_backward`.
+    pub fn set_batch_index(&mut self, index: u64) {
+        self.batch_index = index;
     }
 
     /// Optimizer updates done.

@@ -16,7 +16,7 @@ pub use mf_parallel::config::{ParallelConfig, RecomputeConfig};
 pub use mf_parallel::EngineOptions;
 
 enum Cmd {
-    ForwardBackward(Tensor, f64, bool),
+    ForwardBackward(Tensor, f64, bool, u64),
     Reduce,
     Apply(f64, f64),
     ZeroGrad,
@@ -33,7 +33,8 @@ pub struct ParallelDriver {
 fn run_worker(mut engine: RankEngine, rx: Receiver<Cmd>) -> Result<()> {
     for cmd in rx {
         match cmd {
-            Cmd::ForwardBackward(b, s, sync) => {
+            Cmd::ForwardBackward(b, s, sync, index) => {
+                engine.set_batch_index(index);
                 engine.forward_backward(&b, s, sync)?;
             }
             Cmd::Reduce => {
@@ -163,11 +164,21 @@ impl ParallelDriver {
         }
     }
 
-    /// Forward and backward of one global batch on every rank; returns its mean loss.
-    pub fn forward_backward(&mut self, ids: &Tensor, scale: f64, sync: bool) -> Result<f64> {
+    /// Forward and backward of global batch number `index` (which seeds dropout) on every
+    /// rank; returns its mean loss.
+    pub fn forward_backward(
+        &mut self,
+        ids: &Tensor,
+        scale: f64,
+        sync: bool,
+        index: u64,
+    ) -> Result<f64> {
         self.run(
-            || Cmd::ForwardBackward(ids.shallow_clone(), scale, sync),
-            |e| e.forward_backward(ids, scale, sync),
+            || Cmd::ForwardBackward(ids.shallow_clone(), scale, sync, index),
+            |e| {
+                e.set_batch_index(index);
+                e.forward_backward(ids, scale, sync)
+            },
         )
     }
 

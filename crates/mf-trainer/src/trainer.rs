@@ -593,7 +593,12 @@ impl Trainer {
                     let (b, l) = ids
                         .size2()
                         .map_err(|_| invalid("input_ids must be [batch, len]"))?;
-                    let loss = d.forward_backward(ids, 1.0 / accum as f64, micro + 1 == accum)?;
+                    let loss = d.forward_backward(
+                        ids,
+                        1.0 / accum as f64,
+                        micro + 1 == accum,
+                        state.micro_batches as u64,
+                    )?;
                     step_loss_ranks += loss / accum as f64;
                     window_tokens += b * (l - 1);
                     window_samples += batch.size();
