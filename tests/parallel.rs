@@ -96,8 +96,21 @@ struct Run {
 }
 
 fn train(family: Family, layout: Option<(ParallelConfig, RecomputeConfig)>) -> Run {
+    train_with(family, layout, 1)
+}
+
+fn train_with(
+    family: Family,
+    layout: Option<(ParallelConfig, RecomputeConfig)>,
+    accumulation: usize,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new("text_generation", tiny_model(family), args(dir.path()))
+    let a = TrainingArguments {
+        gradient_accumulation_steps: accumulation,
+        batch_size: Some(BATCH / accumulation),
+        ..args(dir.path())
+    };
+    let mut t = Trainer::new("text_generation", tiny_model(family), a)
         .unwrap()
         .train_dataset(dataset())
         .unwrap();
@@ -267,6 +280,41 @@ fn quick_layouts_match_one_device() {
     ] {
         check(Family::Gpt2, l, &reference);
     }
+}
+
+/// Recompute's communication options (`mp_comm_recompute = false` keeps a layer's
+/// communication results, `recompute_slice_activation` keeps a sequence slice of its input)
+/// and gradient accumulation give the same training too.
+#[test]
+fn recompute_options_and_accumulation_match_one_device() {
+    let _s = serial();
+    let reference = reference(Family::Gpt2);
+    for (keep_comm, slice) in [(true, false), (false, true), (true, true)] {
+        let (p, mut r) = Layout {
+            mp: 2,
+            recompute: 1,
+            interleave: 2,
+            ..BASE
+        }
+        .configs();
+        r.mp_comm_recompute = !keep_comm;
+        r.recompute_slice_activation = slice;
+        let run = train(Family::Gpt2, Some((p, r)));
+        assert_same(
+            &format!("mp2 recompute keep_comm={keep_comm} slice={slice}"),
+            &run,
+            &reference,
+        );
+    }
+    let accumulated = train_with(Family::Gpt2, None, 2);
+    let (p, r) = Layout {
+        dp: 2,
+        pp: 2,
+        ..BASE
+    }
+    .configs();
+    let run = train_with(Family::Gpt2, Some((p, r)), 2);
+    assert_same("dp2 pp2, 2 accumulation steps", &run, &accumulated);
 }
 
 #[test]
