@@ -526,3 +526,69 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// One trainer per rank, as under `mf launch` with one process per device: each rank builds
+/// its own model (with a different seed: rank 0's weights are broadcast) and trains its part
+/// through `set_communicator`. Threads stand in for the processes here.
+#[test]
+fn one_trainer_per_rank_matches_one_device() {
+    let _s = serial();
+    let reference = reference(Family::Gpt2);
+    let (p, r) = DP2_MP2_ZERO.configs();
+    let comms = mindformers::core::comm::ThreadGroup::new(4)
+        .unwrap()
+        .into_comms();
+    let models: Vec<GPT2LMHeadModel> = (0..4)
+        .map(|rank| {
+            let m = tiny_model(Family::Gpt2);
+            if rank > 0 {
+                tch::manual_seed(100 + rank as i64);
+                for (_, w) in m.parameters() {
+                    let _ = tch::no_grad(|| w.shallow_clone().normal_(0.0, 0.5));
+                }
+            }
+            gpt2_of(m)
+        })
+        .collect();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .zip(models)
+            .zip(&dirs)
+            .map(|((comm, model), dir)| {
+                let (p, r) = (p.clone(), r.clone());
+                s.spawn(move || {
+                    let mut t = Trainer::new("text_generation", Box::new(model), args(dir.path()))
+                        .unwrap()
+                        .train_dataset(dataset())
+                        .unwrap();
+                    t.set_parallel_config(p).unwrap();
+                    t.set_recompute_config(r).unwrap();
+                    t.set_communicator(Box::new(comm));
+                    let out = t.train().unwrap();
+                    Run {
+                        losses: out.step_losses,
+                        weights: t
+                            .model()
+                            .parameters()
+                            .into_iter()
+                            .map(|(n, w)| (n, w.detach().copy()))
+                            .collect(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, run) in runs.iter().enumerate() {
+        assert_same(&format!("rank {rank} of 4 trainers"), run, &reference);
+    }
+}
+
+/// The GPT-2 behind a boxed tiny model (rebuilt from its weights, so it can move to a thread).
+fn gpt2_of(m: Box<dyn CausalLM>) -> GPT2LMHeadModel {
+    let dir = tempfile::tempdir().unwrap();
+    m.save_pretrained(dir.path()).unwrap();
+    GPT2LMHeadModel::from_dir(dir.path()).unwrap()
+}

@@ -51,6 +51,9 @@ pub struct EngineOptions {
     pub gradients_mean: bool,
     /// Seeds dropout masks.
     pub seed: u64,
+    /// Take the initial weights from world rank 0 (ranks in separate processes may have
+    /// initialised their models differently); threads of one process share them already.
+    pub broadcast_init: bool,
 }
 
 /// The stage layers of `stages` contiguous stages over `layers` layers (earlier stages take
@@ -147,6 +150,13 @@ impl RankEngine {
         let p = &opts.parallel;
         p.validate()?;
         opts.recompute.validate()?;
+        let broadcast;
+        let full = if opts.broadcast_init {
+            broadcast = broadcast_from_zero(world.as_ref(), full)?;
+            &broadcast[..]
+        } else {
+            full
+        };
         let shape = MeshShape::new(p.data_parallel, p.model_parallel, p.pipeline_stage)?;
         let mesh = DeviceMesh::new(world.as_ref(), shape)?;
         let coord = mesh.coord;
@@ -173,7 +183,10 @@ impl RankEngine {
             tp: tp_pos,
             vocab_parallel: !p.vocab_emb_dp && shape.tp > 1,
         };
-        let model = build_stage(config, spec)?;
+        // Stage construction draws its (overwritten) random init from the global generator:
+        // under the generator lock, so it cannot slip between another rank's seeding and its
+        // dropout draw.
+        let model = seeded(Some(opts.seed), || build_stage(config, spec))?;
         let params = model.parameters();
         let full: HashMap<&str, &Tensor> = full.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut rules = Vec::with_capacity(params.len());
@@ -1222,6 +1235,17 @@ impl RankEngine {
         Ok(Some(v))
     }
 
+    /// World rank 0's `tensors` on every rank (each rank passes tensors of the same names and
+    /// shapes, e.g. its own copy of the model). Collective over the world.
+    pub fn share_from_zero(&self, tensors: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        broadcast_from_zero(self.world.as_ref(), tensors)
+    }
+
+    /// This rank's index in the world.
+    pub fn world_rank(&self) -> usize {
+        self.world.rank()
+    }
+
     /// Restores optimizer moments and step from full tensors under the Trainer optimizer's
     /// names (a checkpoint written by either runtime).
     pub fn load_optimizer_state(&mut self, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<()> {
@@ -1262,6 +1286,22 @@ impl RankEngine {
         }
         Ok(())
     }
+}
+
+fn broadcast_from_zero(
+    world: &dyn Communicator,
+    tensors: &[(String, Tensor)],
+) -> Result<Vec<(String, Tensor)>> {
+    if world.world_size() == 1 {
+        return Ok(tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect());
+    }
+    tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), world.broadcast(&t.detach().contiguous(), 0)?)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -114,6 +114,7 @@ fn setup() -> (ModelConfig, Vec<(String, Tensor)>, EngineOptions) {
         },
         gradients_mean: true,
         seed: 0,
+        broadcast_init: false,
     };
     (ModelConfig::Gpt2(cfg), full, opts)
 }

@@ -1,8 +1,10 @@
-//! The Trainer's side of parallel training on the threads backend: rank 0 runs on the
+//! The Trainer's side of parallel training. On the threads backend rank 0 runs on the
 //! trainer's thread and drives ranks `1..N` on worker threads with the same commands, so every
-//! rank makes the same collective calls in the same order. Logging, callbacks, evaluation and
-//! checkpoints stay on rank 0; for those, the full weights are gathered into the trainer's
-//! model.
+//! rank makes the same collective calls in the same order. When the trainer is one rank of a
+//! group started elsewhere (one process per GPU under `mf launch`, given through
+//! `Trainer::set_communicator` or `init_context`), every process runs the same loop on its own
+//! rank. Checkpoints are written by world rank 0; for them, and for evaluation, the full
+//! weights are gathered into the trainer's model.
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
@@ -28,6 +30,8 @@ enum Cmd {
 pub struct ParallelDriver {
     engine: RankEngine,
     workers: Vec<(Sender<Cmd>, JoinHandle<Result<()>>)>,
+    /// This trainer is one rank of a group of processes (no worker threads).
+    process: bool,
 }
 
 fn run_worker(mut engine: RankEngine, rx: Receiver<Cmd>) -> Result<()> {
@@ -113,9 +117,46 @@ impl ParallelDriver {
             opts,
         );
         match engine {
-            Ok(engine) => Ok(ParallelDriver { engine, workers }),
+            Ok(engine) => Ok(ParallelDriver {
+                engine,
+                workers,
+                process: false,
+            }),
             Err(e) => Err(Self::join(workers, e)),
         }
+    }
+
+    /// Joins a group whose other ranks run in other processes (or threads) with their own
+    /// trainers: this rank's engine over `comm`, starting from world rank 0's weights.
+    pub fn join_group(
+        comm: Box<dyn Communicator>,
+        model: &dyn CausalLM,
+        config: &ModelConfig,
+        mut opts: EngineOptions,
+    ) -> Result<Self> {
+        if comm.world_size() != opts.parallel.device_num() {
+            return Err(mf_core::invalid(format!(
+                "the layout needs {} ranks (data_parallel x model_parallel x pipeline_stage), the communicator has {}",
+                opts.parallel.device_num(),
+                comm.world_size()
+            )));
+        }
+        opts.broadcast_init = true;
+        let full: Vec<(String, Tensor)> = model
+            .parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach()))
+            .collect();
+        Ok(ParallelDriver {
+            engine: RankEngine::new(comm, config, &full, opts)?,
+            workers: Vec::new(),
+            process: true,
+        })
+    }
+
+    /// Whether this trainer is world rank 0 (the one that writes checkpoints).
+    pub fn is_rank_zero(&self) -> bool {
+        self.engine.world_rank() == 0
     }
 
     /// Stops the workers and returns the root cause: a worker's own error rather than rank
@@ -206,29 +247,47 @@ impl ParallelDriver {
         )
     }
 
-    /// Gathers the trained weights into `model`; with `optimizer`, also returns the optimizer
-    /// state under the single-device optimizer's names.
+    /// Gathers the trained weights into `model` (on every rank of a process group); with
+    /// `optimizer`, also returns the optimizer state under the single-device optimizer's
+    /// names, on world rank 0 only (`None` elsewhere: only rank 0 writes checkpoints).
     pub fn gather_into(
         &mut self,
         model: &dyn CausalLM,
         optimizer: bool,
-    ) -> Result<Vec<(String, Tensor)>> {
-        let state = self
-            .run(|| Cmd::FullState(optimizer), |e| e.full_state(optimizer))?
-            .ok_or_else(|| mf_core::invalid("rank 0 received no gathered state"))?;
-        let _g = tch::no_grad_guard();
-        let mut rest = Vec::new();
-        let mut by_name: std::collections::HashMap<String, Tensor> = state.into_iter().collect();
-        for (name, p) in model.parameters() {
-            let src = by_name.remove(&name).ok_or_else(|| {
-                mf_core::invalid(format!("the parallel ranks returned no '{name}'"))
-            })?;
-            let mut p = p;
-            p.copy_(&src);
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        let state = self.run(|| Cmd::FullState(optimizer), |e| e.full_state(optimizer))?;
+        let params = model.parameters();
+        let mut by_name: std::collections::HashMap<String, Tensor> = match state {
+            Some(s) => s.into_iter().collect(),
+            None => Default::default(),
+        };
+        let mut weights = Vec::with_capacity(params.len());
+        for (name, p) in &params {
+            let w = match by_name.remove(name) {
+                Some(t) => t,
+                None if !self.is_rank_zero() => p.detach(),
+                None => {
+                    return Err(mf_core::invalid(format!(
+                        "the parallel ranks returned no '{name}'"
+                    )))
+                }
+            };
+            weights.push((name.clone(), w));
         }
-        rest.extend(by_name);
+        if self.process {
+            weights = self.engine.share_from_zero(&weights)?;
+        }
+        let _g = tch::no_grad_guard();
+        for ((_, p), (_, w)) in params.iter().zip(&weights) {
+            let mut p = p.shallow_clone();
+            p.copy_(w);
+        }
+        if !self.is_rank_zero() {
+            return Ok(None);
+        }
+        let mut rest: Vec<(String, Tensor)> = by_name.into_iter().collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(rest)
+        Ok(Some(rest))
     }
 
     /// Restores optimizer state saved by either runtime.

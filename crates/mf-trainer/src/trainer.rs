@@ -126,6 +126,8 @@ pub struct Trainer {
     parallel: ParallelConfig,
     recompute: RecomputeConfig,
     compute_metrics: Option<ComputeMetrics>,
+    /// This trainer is one rank of a group started elsewhere (one process per device).
+    communicator: Option<Box<dyn mf_core::comm::Communicator>>,
 }
 
 /// A batch's mean loss, its token count, and (on request) its logits with the labels.
@@ -163,6 +165,7 @@ impl Trainer {
             parallel: ParallelConfig::default(),
             recompute: RecomputeConfig::default(),
             compute_metrics: None,
+            communicator: None,
         })
     }
 
@@ -207,6 +210,14 @@ impl Trainer {
         config.validate()?;
         self.recompute = config;
         Ok(())
+    }
+
+    /// Makes this trainer one rank of a group whose other ranks run their own trainers (in
+    /// other processes, e.g. one per GPU under `mf launch` with NCCL): `train` then runs this
+    /// rank only, every rank starts from world rank 0's weights, and world rank 0 writes the
+    /// checkpoints. Without it, a parallel layout runs all ranks as threads of this process.
+    pub fn set_communicator(&mut self, comm: Box<dyn mf_core::comm::Communicator>) {
+        self.communicator = Some(comm);
     }
 
     /// The stored parallel layout.
@@ -361,7 +372,8 @@ impl Trainer {
             .clone()
             .ok_or_else(|| invalid("no train_dataset given"))?;
         let args = self.args.clone();
-        if !self.parallel.is_single_device() || self.recompute.any() {
+        if !self.parallel.is_single_device() || self.recompute.any() || self.communicator.is_some()
+        {
             return self.train_parallel(&data, &args);
         }
         let precision = if args.bf16 {
@@ -411,9 +423,9 @@ impl Trainer {
                 "LoRA fine-tuning with a parallel layout or recompute is not supported yet; train the adapters on one device",
             ));
         }
-        if self.model.device() != tch::Device::Cpu {
+        if self.communicator.is_none() && self.model.device() != tch::Device::Cpu {
             return Err(invalid(
-                "the threads backend runs on the CPU; for GPUs start one process per device with `mf launch` (NCCL)",
+                "the threads backend runs on the CPU; for GPUs start one process per device with `mf launch` and give each trainer its rank's communicator (init_context / set_communicator)",
             ));
         }
         let config = self.model.model_config().ok_or_else(|| {
@@ -435,6 +447,7 @@ impl Trainer {
             },
             gradients_mean: true,
             seed: args.seed,
+            broadcast_init: false,
         };
         self.train_loop(data, args, &mut None, Some((config, opts)))
     }
@@ -520,7 +533,12 @@ impl Trainer {
         }
         let mut driver = match parallel {
             Some((config, opts)) => {
-                let mut d = ParallelDriver::start(self.model.as_ref(), &config, opts)?;
+                let mut d = match self.communicator.take() {
+                    Some(comm) => {
+                        ParallelDriver::join_group(comm, self.model.as_ref(), &config, opts)?
+                    }
+                    None => ParallelDriver::start(self.model.as_ref(), &config, opts)?,
+                };
                 if let Some(t) = resumed_optimizer.take() {
                     d.load_optimizer(t)?;
                 }
@@ -699,21 +717,24 @@ impl Trainer {
                 window_start = Instant::now();
             }
             if control.should_save {
+                // Every rank takes part in the gather; world rank 0 writes.
                 let opt_state = match driver.as_mut() {
                     Some(d) => d.gather_into(self.model.as_ref(), true)?,
-                    None => optim.state_tensors(),
+                    None => Some(optim.state_tensors()),
                 };
-                let dir = checkpoint::save(
-                    &out_dir,
-                    self.model.as_mut(),
-                    &opt_state,
-                    &state,
-                    args.save_total_limit,
-                )?;
-                for cb in &mut self.callbacks {
-                    cb.on_save(&dir);
+                if let Some(opt_state) = opt_state {
+                    let dir = checkpoint::save(
+                        &out_dir,
+                        self.model.as_mut(),
+                        &opt_state,
+                        &state,
+                        args.save_total_limit,
+                    )?;
+                    for cb in &mut self.callbacks {
+                        cb.on_save(&dir);
+                    }
+                    last_checkpoint = Some(dir);
                 }
-                last_checkpoint = Some(dir);
             }
             if control.should_evaluate {
                 if let Some(d) = driver.as_mut() {
