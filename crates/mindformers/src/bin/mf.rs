@@ -1,4 +1,5 @@
-//! The `mf` command: tokenize, generate, run pipelines and create models from presets.
+//! The `mf` command: tokenize, generate, run pipelines, create models from presets and launch
+//! one process per rank.
 //! Every failure prints one line (`error: ...`) and exits non-zero.
 use std::io::Write;
 use std::path::PathBuf;
@@ -182,6 +183,30 @@ enum Cmd {
         /// Train in bf16 with f32 master weights (TrainingArguments.bf16).
         #[arg(long)]
         bf16: bool,
+    },
+    /// Start one process per rank, torchrun-style (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...).
+    Launch {
+        /// Processes (ranks) on this node, e.g. one per GPU.
+        #[arg(long)]
+        nproc_per_node: usize,
+        /// Nodes taking part (run `mf launch` on each).
+        #[arg(long, default_value_t = 1)]
+        nnodes: usize,
+        /// This node's index, 0..nnodes.
+        #[arg(long, default_value_t = 0)]
+        node_rank: usize,
+        /// Host of node 0, where rank 0 listens.
+        #[arg(long, default_value = "127.0.0.1")]
+        master_addr: String,
+        /// Port rank 0 listens on.
+        #[arg(long, default_value_t = 29500)]
+        master_port: u16,
+        /// Seconds stopped ranks get between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 5.0)]
+        grace_period: f64,
+        /// The command each rank runs, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Dataset tools.
     Data {
@@ -582,6 +607,32 @@ fn run(cli: Cli) -> Result<()> {
             }
             let cfg = mindformers::trainer::RunConfig::load(&config, &sets)?;
             mindformers::trainer::runner::run(&cfg, &predict_data, &mut out)?;
+        }
+        Cmd::Launch {
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            grace_period,
+            command,
+        } => {
+            let grace_period =
+                std::time::Duration::try_from_secs_f64(grace_period).with_context(|| {
+                    format!("--grace-period {grace_period}: give a number of seconds >= 0")
+                })?;
+            // The threads copying the ranks' output lock stdout per line; holding the lock
+            // here would block them.
+            drop(out);
+            mindformers::launch(&mindformers::LaunchOptions {
+                nproc_per_node,
+                nnodes,
+                node_rank,
+                master_addr,
+                master_port,
+                command,
+                grace_period,
+            })?;
         }
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {
