@@ -388,3 +388,166 @@ fn data_prepare_writes_shards_the_trainer_reads() {
     .to_string();
     assert!(err.contains("mf data prepare"), "{err}");
 }
+
+/// The lines of `text` as a sorted list (ranks print in any order).
+fn sorted_lines(text: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(text)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn launch_starts_one_prefixed_process_per_rank() {
+    let home = tempfile::tempdir().unwrap();
+    let out = mf(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "echo rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK; \
+             echo addr=$MASTER_ADDR:$MASTER_PORT lws=$LOCAL_WORLD_SIZE >&2",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sorted_lines(&out.stdout),
+        [
+            "[rank 0] rank=0 world=3 local=0",
+            "[rank 1] rank=1 world=3 local=1",
+            "[rank 2] rank=2 world=3 local=2",
+        ]
+    );
+    // stderr is prefixed too, and goes to stderr.
+    assert_eq!(
+        sorted_lines(&out.stderr),
+        [
+            "[rank 0] addr=127.0.0.1:29500 lws=3",
+            "[rank 1] addr=127.0.0.1:29500 lws=3",
+            "[rank 2] addr=127.0.0.1:29500 lws=3",
+        ]
+    );
+}
+
+#[test]
+fn launch_stops_every_rank_when_one_fails() {
+    let home = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let out = mf(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "if [ $RANK = 1 ]; then exit 3; fi; sleep 30",
+        ],
+        home.path(),
+    );
+    let elapsed = start.elapsed();
+    // The sleeping ranks (and their `sleep` children) were stopped, not waited for.
+    assert!(elapsed.as_secs_f64() < 15.0, "took {elapsed:?}");
+    fails_with_one_line(&out, "rank 1 (local rank 1) exited with status 3");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn launch_on_a_second_node_offsets_the_ranks() {
+    let home = tempfile::tempdir().unwrap();
+    let out = mf(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+            "--master-port",
+            "29400",
+            "--",
+            "sh",
+            "-c",
+            "echo RANK=$RANK WORLD_SIZE=$WORLD_SIZE LOCAL_RANK=$LOCAL_RANK $MASTER_ADDR:$MASTER_PORT",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sorted_lines(&out.stdout),
+        [
+            "[rank 2] RANK=2 WORLD_SIZE=4 LOCAL_RANK=0 10.0.0.1:29400",
+            "[rank 3] RANK=3 WORLD_SIZE=4 LOCAL_RANK=1 10.0.0.1:29400",
+        ]
+    );
+}
+
+#[test]
+fn launch_bad_arguments_exit_with_one_line() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    fails_with_one_line(
+        &mf(&["launch", "--nproc-per-node", "0", "--", "true"], h),
+        "--nproc-per-node 0",
+    );
+    fails_with_one_line(
+        &mf(
+            &[
+                "launch",
+                "--nproc-per-node",
+                "1",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                "2",
+                "--",
+                "true",
+            ],
+            h,
+        ),
+        "--node-rank 2 is out of range for --nnodes 2",
+    );
+    fails_with_one_line(
+        &mf(&["launch", "--nproc-per-node", "2"], h),
+        "no command given",
+    );
+    fails_with_one_line(
+        &mf(
+            &["launch", "--nproc-per-node", "2", "--", "/no/such/program"],
+            h,
+        ),
+        "cannot start `/no/such/program` for rank 0",
+    );
+    fails_with_one_line(
+        &mf(
+            &[
+                "launch",
+                "--nproc-per-node",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                "kill -9 $$",
+            ],
+            h,
+        ),
+        "rank 0 (local rank 0) was killed by signal 9 (SIGKILL)",
+    );
+}

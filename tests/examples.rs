@@ -278,3 +278,55 @@ fn parallel_seed_examples_run() {
         "{out}"
     );
 }
+
+/// Runs the init_context example with `WORLD_SIZE` set to `world` (or unset); returns stdout.
+fn run_init_context(world: Option<&str>) -> String {
+    let bin = example_bin("init_context");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    let mut cmd = Command::new(&bin);
+    cmd.env_remove("RANK").env_remove("WORLD_SIZE");
+    if let Some(w) = world {
+        cmd.env("WORLD_SIZE", w);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "init_context failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn seed_init_context_example_prints_rank_and_device_num() {
+    let out = run_init_context(None);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "single device: rank_id=0, device_num=1",
+            "DATA_PARALLEL: rank_id=0, device_num=1",
+            "SEMI_AUTO_PARALLEL: rank_id=0, device_num=1",
+        ],
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("Ascend: ")
+            && lines[3].contains("not supported")
+            && lines[3].contains("device_target=\"cpu\" or \"cuda\""),
+        "{out}"
+    );
+    // WORLD_SIZE sets the number of ranks of the parallel variants, not of the single device.
+    let out = run_init_context(Some("4"));
+    assert!(
+        out.contains("single device: rank_id=0, device_num=1\n")
+            && out.contains("DATA_PARALLEL: rank_id=0, device_num=4\n")
+            && out.contains("SEMI_AUTO_PARALLEL: rank_id=0, device_num=4\n"),
+        "{out}"
+    );
+}

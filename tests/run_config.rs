@@ -310,3 +310,73 @@ fn killing_during_saves_never_leaves_a_bad_checkpoint() {
         "{done}"
     );
 }
+
+/// `mf run --world-size N` trains the run config's `parallel_config` layout on N threads, and
+/// equals the single-device run when the layout averages gradients over the global batch.
+#[test]
+fn world_size_runs_the_parallel_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let single = success(mf_run(&one, SHORT).output().unwrap());
+    let two = dir.path().join("two");
+    let layout = [
+        "--world-size",
+        "4",
+        "--set",
+        "parallel.parallel_mode=\"semi_auto_parallel\"",
+        "--set",
+        "parallel_config.data_parallel=2",
+        "--set",
+        "parallel_config.model_parallel=2",
+        "--set",
+        "parallel_config.optimizer_shard=true",
+    ];
+    let parallel = success(mf_run(&two, &[SHORT, &layout].concat()).output().unwrap());
+    assert!(parallel.contains("step 6/6"), "{parallel}");
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["loss"].as_f64())
+            .collect()
+    };
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 3, "{single}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!(((x - y) / x).abs() < 1e-4, "losses {a:?} vs {b:?}");
+    }
+    // The layout must match the device count, and AUTO_PARALLEL is refused.
+    let err = failure_line(
+        mf_run(
+            &dir.path().join("bad"),
+            &[
+                SHORT,
+                &layout[..4],
+                &["--set", "parallel_config.data_parallel=2"],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(err.contains("needs 2 ranks but the context has 4"), "{err}");
+    let err = failure_line(
+        mf_run(
+            &dir.path().join("auto"),
+            &[
+                SHORT,
+                &[
+                    "--world-size",
+                    "2",
+                    "--set",
+                    "parallel.parallel_mode=\"auto_parallel\"",
+                ],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap(),
+    );
+    assert!(err.contains("AUTO_PARALLEL"), "{err}");
+}

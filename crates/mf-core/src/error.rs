@@ -56,6 +56,9 @@ pub enum MfError {
     /// A collective or point-to-point communication failed (peer gone, timeout, mismatch).
     #[error("communication: {0}")]
     Comm(String),
+    /// A rank started by `mf launch` failed, or could not be started.
+    #[error("launch: {0}")]
+    Launch(String),
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -36,6 +36,10 @@ pub struct RunConfig {
     /// `-1` evaluates at each epoch's end instead.
     #[serde(default = "default_eval_interval")]
     pub eval_step_interval: i64,
+    /// Run on several ranks (MindFormers' `use_parallel`): `init_context` sets up the
+    /// `parallel` section's mode; on the CPU the ranks are threads of this process.
+    #[serde(default)]
+    pub use_parallel: bool,
     /// The task and the preset the model starts from.
     pub trainer: TrainerSection,
     /// Device placement.
@@ -147,6 +151,15 @@ pub struct ParallelSection {
     pub enable_parallel_optimizer: bool,
     /// Every rank reads the whole batch.
     pub full_batch: bool,
+}
+
+impl ParallelSection {
+    /// The parsed `parallel_mode`.
+    pub fn mode(&self) -> Result<mf_core::ParallelMode> {
+        self.parallel_mode
+            .parse()
+            .map_err(|e: mf_core::MfError| invalid(format!("parallel.parallel_mode: {e}")))
+    }
 }
 
 impl Default for ParallelSection {
@@ -468,26 +481,7 @@ impl RunConfig {
             )));
         }
         self.context.device()?;
-        let mode = self.parallel.parallel_mode.to_ascii_lowercase();
-        if ![
-            "stand_alone",
-            "data_parallel",
-            "semi_auto_parallel",
-            "auto_parallel",
-        ]
-        .contains(&mode.as_str())
-        {
-            return Err(invalid(format!(
-                "parallel.parallel_mode = '{}': expected stand_alone, data_parallel, semi_auto_parallel or auto_parallel",
-                self.parallel.parallel_mode
-            )));
-        }
-        if mode != "stand_alone" || self.parallel.enable_parallel_optimizer {
-            return Err(invalid(format!(
-                "parallel.parallel_mode = '{}' (enable_parallel_optimizer = {}) needs the parallel runtime, which is not available yet; use stand_alone",
-                self.parallel.parallel_mode, self.parallel.enable_parallel_optimizer
-            )));
-        }
+        self.parallel.mode()?;
         if let Some(r) = &self.processor.return_tensors {
             if r != "ms" {
                 return Err(invalid(format!(
@@ -708,7 +702,7 @@ keep_checkpoint_max = 2
         assert!(err(&["optimizer.type=Lamb"]).contains("AdamW"));
         assert!(err(&["lr_schedule.type=Step"]).contains("CosineWithWarmUpLR"));
         assert!(err(&["run_mode=serve"]).contains("predict"));
-        assert!(err(&["parallel.parallel_mode=semi_auto_parallel"]).contains("stand_alone"));
+        assert!(err(&["parallel.parallel_mode=semi_parallel"]).contains("SEMI_AUTO_PARALLEL"));
         assert!(err(&["seed.x=1"]).contains("not a section"));
         assert!(err(&["processor.return_tensors=pt"]).contains("return_tensors"));
         assert!(err(&["runner_config.batch_size=0"]).contains("batch_size"));

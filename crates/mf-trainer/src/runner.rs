@@ -177,6 +177,35 @@ fn load_for_inference(trainer: &mut Trainer, cfg: &RunConfig, lora: bool) -> Res
 
 /// Runs the config's mode, writing a human-readable report to `out`.
 pub fn run(cfg: &RunConfig, predict_data: &[String], out: &mut dyn Write) -> Result<()> {
+    run_with(cfg, predict_data, None, out)
+}
+
+/// [`run`] with `world_size` ranks on the threads backend (`mf run --world-size N`): implies
+/// `use_parallel` and fixes the context's device count, which the layout must match.
+pub fn run_with(
+    cfg: &RunConfig,
+    predict_data: &[String],
+    world_size: Option<usize>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let context = mf_core::ContextConfig {
+        mode: 0,
+        device_target: cfg.context.device_target.clone(),
+        device_id: cfg.context.device_id,
+        seed: None,
+    };
+    let parallel = mf_core::ParallelContextConfig {
+        parallel_mode: cfg.parallel.mode()?,
+        gradients_mean: cfg.parallel.gradients_mean,
+        enable_parallel_optimizer: cfg.parallel.enable_parallel_optimizer,
+        full_batch: cfg.parallel.full_batch,
+        device_num: world_size,
+    };
+    mf_core::init_context(
+        cfg.use_parallel || world_size.is_some(),
+        &context,
+        Some(&parallel),
+    )?;
     let io = |e: std::io::Error| MfError::Io {
         path: "stdout".into(),
         source: e,

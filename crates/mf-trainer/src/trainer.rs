@@ -428,6 +428,29 @@ impl Trainer {
                 "the threads backend runs on the CPU; for GPUs start one process per device with `mf launch` and give each trainer its rank's communicator (init_context / set_communicator)",
             ));
         }
+        // init_context's settings, when it was called: the layout must fit its parallel mode
+        // and device count; under NCCL (one process per device) this trainer is its rank.
+        let ctx = mf_core::context::current();
+        let mut gradients_mean = true;
+        let mut optimizer_shard = self.parallel.optimizer_shard;
+        if let Some(c) = &ctx {
+            let p = &self.parallel;
+            c.check_layout(p.data_parallel, p.model_parallel, p.pipeline_stage)?;
+            // DATA_PARALLEL sums per-rank gradients unless gradients_mean; the semi-auto modes
+            // train the global batch as one device would.
+            if c.parallel.parallel_mode == mf_core::context::ParallelMode::DataParallel {
+                gradients_mean = c.parallel.gradients_mean;
+            }
+            optimizer_shard |= c.parallel.enable_parallel_optimizer;
+            if !c.parallel.full_batch && p.data_parallel > 1 {
+                return Err(invalid(
+                    "full_batch = false (each rank reads its own dataset shard) is not supported: the runtime reads the global batch once and gives each data-parallel rank its rows; set full_batch = true with the global batch size",
+                ));
+            }
+            if c.backend == mf_core::context::Backend::Nccl && self.communicator.is_none() {
+                self.communicator = mf_core::context::take_process_comm();
+            }
+        }
         let config = self.model.model_config().ok_or_else(|| {
             invalid(
                 "this model family does not support parallel training yet; train it on one device",
@@ -435,8 +458,10 @@ impl Trainer {
         })?;
         self.parallel
             .validate_for(&config, None, data.batch_size())?;
+        let mut parallel = self.parallel.clone();
+        parallel.optimizer_shard = optimizer_shard;
         let opts = EngineOptions {
-            parallel: self.parallel.clone(),
+            parallel,
             recompute: self.recompute.clone(),
             optimizer: mf_parallel::optim::OptimizerOptions {
                 optim: args.optim.clone(),
@@ -445,7 +470,7 @@ impl Trainer {
                 eps: args.adam_epsilon,
                 weight_decay: args.weight_decay,
             },
-            gradients_mean: true,
+            gradients_mean,
             seed: args.seed,
             broadcast_init: false,
         };

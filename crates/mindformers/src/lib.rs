@@ -6,7 +6,15 @@
 //!   [`PanguAlphaConfig`], [`PanguAlphaHeadModel`], generation with [`GenerationConfig`]
 //! - Pipelines: [`pipeline`]`("text_generation")`
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
-pub use mf_core::{self as core, DType, Device, MfError, Result};
+//! - Environment: [`init_context`] with [`ContextConfig`] and [`ParallelContextConfig`];
+//!   [`launch()`] starts one process per rank (`mf launch`)
+pub mod launch;
+
+pub use launch::{launch, LaunchOptions};
+pub use mf_core::{
+    self as core, init_context, ContextConfig, DType, Device, MfError, ParallelContextConfig,
+    ParallelMode, Result,
+};
 pub use mf_models::{
     self as models, generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM,
     ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, GlmConfig,

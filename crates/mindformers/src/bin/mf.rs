@@ -1,4 +1,5 @@
-//! The `mf` command: tokenize, generate, run pipelines and create models from presets.
+//! The `mf` command: tokenize, generate, run pipelines, create models from presets and launch
+//! one process per rank.
 //! Every failure prints one line (`error: ...`) and exits non-zero.
 use std::io::Write;
 use std::path::PathBuf;
@@ -155,6 +156,10 @@ enum Cmd {
         /// Input text for run_mode predict, repeatable.
         #[arg(long)]
         predict_data: Vec<String>,
+        /// Run on N ranks as threads of this process (implies use_parallel); the config's
+        /// parallel_config layout must use N devices.
+        #[arg(long)]
+        world_size: Option<usize>,
     },
     /// Measure Trainer throughput on random tokens (one JSON line; see `cargo xtask bench train`).
     BenchTrain {
@@ -185,6 +190,30 @@ enum Cmd {
         /// Parallel layout on the threads backend, as set_parallel_config.
         #[command(flatten)]
         layout: LayoutArgs,
+    },
+    /// Start one process per rank, torchrun-style (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...).
+    Launch {
+        /// Processes (ranks) on this node, e.g. one per GPU.
+        #[arg(long)]
+        nproc_per_node: usize,
+        /// Nodes taking part (run `mf launch` on each).
+        #[arg(long, default_value_t = 1)]
+        nnodes: usize,
+        /// This node's index, 0..nnodes.
+        #[arg(long, default_value_t = 0)]
+        node_rank: usize,
+        /// Host of node 0, where rank 0 listens.
+        #[arg(long, default_value = "127.0.0.1")]
+        master_addr: String,
+        /// Port rank 0 listens on.
+        #[arg(long, default_value_t = 29500)]
+        master_port: u16,
+        /// Seconds stopped ranks get between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 5.0)]
+        grace_period: f64,
+        /// The command each rank runs, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Dataset tools.
     Data {
@@ -666,6 +695,7 @@ fn run(cli: Cli) -> Result<()> {
             load_checkpoint,
             mut sets,
             predict_data,
+            world_size,
         } => {
             if let Some(m) = run_mode {
                 sets.push(format!("run_mode=\"{m}\""));
@@ -674,7 +704,33 @@ fn run(cli: Cli) -> Result<()> {
                 sets.push(format!("load_checkpoint=\"{c}\""));
             }
             let cfg = mindformers::trainer::RunConfig::load(&config, &sets)?;
-            mindformers::trainer::runner::run(&cfg, &predict_data, &mut out)?;
+            mindformers::trainer::runner::run_with(&cfg, &predict_data, world_size, &mut out)?;
+        }
+        Cmd::Launch {
+            nproc_per_node,
+            nnodes,
+            node_rank,
+            master_addr,
+            master_port,
+            grace_period,
+            command,
+        } => {
+            let grace_period =
+                std::time::Duration::try_from_secs_f64(grace_period).with_context(|| {
+                    format!("--grace-period {grace_period}: give a number of seconds >= 0")
+                })?;
+            // The threads copying the ranks' output lock stdout per line; holding the lock
+            // here would block them.
+            drop(out);
+            mindformers::launch(&mindformers::LaunchOptions {
+                nproc_per_node,
+                nnodes,
+                node_rank,
+                master_addr,
+                master_port,
+                command,
+                grace_period,
+            })?;
         }
         Cmd::Presets => {
             for name in mindformers::models::auto::preset_names() {
