@@ -705,6 +705,10 @@ impl crate::parallel::ParallelLM for GPT2Stage {
         self.config.hidden_dropout_rate
     }
 
+    fn embedding_dropout(&self) -> f64 {
+        self.config.embedding_dropout_prob
+    }
+
     fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
         let wte = self
             .wte
@@ -713,12 +717,11 @@ impl crate::parallel::ParallelLM for GPT2Stage {
         crate::parallel::vocab_embedding(wte, ids, &self.spec)
     }
 
-    fn embed_post(&self, x: &Tensor, positions: &Tensor, train: bool) -> Tensor {
-        let x = match &self.wpe {
+    fn embed_post(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        match &self.wpe {
             Some(wpe) => x + Tensor::embedding(wpe, positions, -1, false, false),
             None => x.shallow_clone(),
-        };
-        x.dropout(self.config.embedding_dropout_prob, train)
+        }
     }
 
     fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Result<Tensor> {
@@ -734,7 +737,7 @@ impl crate::parallel::ParallelLM for GPT2Stage {
         layer: usize,
         sub: crate::parallel::Sublayer,
         h: &Tensor,
-        train: bool,
+        dropout_seed: Option<u64>,
     ) -> Result<Tensor> {
         let b = self.block(layer)?;
         match sub {
@@ -743,26 +746,21 @@ impl crate::parallel::ParallelLM for GPT2Stage {
                 let hd = self.config.hidden_size as i64 / self.config.num_heads as i64;
                 let qkv = b
                     .c_attn
-                    .forward_t(h, train)
+                    .forward_t(h, true)
                     .view([bs, t, 3, self.heads, hd])
                     .permute([2, 0, 3, 1, 4]);
-                let dropout = if train {
-                    self.config.attention_dropout_rate
-                } else {
-                    0.0
-                };
-                let attn = sdpa(
+                let attn = crate::layers::causal_attention_seeded(
                     &qkv.get(0),
                     &qkv.get(1),
                     &qkv.get(2),
-                    &AttnMask::Causal,
-                    dropout,
+                    self.config.attention_dropout_rate,
+                    dropout_seed,
                 );
                 let attn = attn.transpose(1, 2).reshape([bs, t, self.heads * hd]);
                 Ok(b.attn_proj.forward_partial(&attn))
             }
             crate::parallel::Sublayer::Mlp => {
-                let m = (self.act)(&b.c_fc.forward_t(h, train));
+                let m = (self.act)(&b.c_fc.forward_t(h, true));
                 Ok(b.mlp_proj.forward_partial(&m))
             }
         }

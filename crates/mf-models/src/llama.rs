@@ -1133,6 +1133,10 @@ impl crate::parallel::ParallelLM for LlamaStage {
         0.0
     }
 
+    fn embedding_dropout(&self) -> f64 {
+        0.0
+    }
+
     fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
         let w = self
             .embed_tokens
@@ -1141,7 +1145,7 @@ impl crate::parallel::ParallelLM for LlamaStage {
         crate::parallel::vocab_embedding(w, ids, &self.spec)
     }
 
-    fn embed_post(&self, x: &Tensor, _positions: &Tensor, _train: bool) -> Tensor {
+    fn embed_post(&self, x: &Tensor, _positions: &Tensor) -> Tensor {
         x.shallow_clone()
     }
 
@@ -1158,8 +1162,10 @@ impl crate::parallel::ParallelLM for LlamaStage {
         layer: usize,
         sub: crate::parallel::Sublayer,
         h: &Tensor,
-        train: bool,
+        dropout_seed: Option<u64>,
     ) -> Result<Tensor> {
+        // Training: `train` only switches LoRA dropout, and LoRA is not run in parallel.
+        let train = true;
         let l = self.layer(layer)?;
         match sub {
             crate::parallel::Sublayer::Attention => {
@@ -1174,14 +1180,15 @@ impl crate::parallel::ParallelLM for LlamaStage {
                 let q = apply_rotary(&split(l.q_proj.forward_t(h, train), nq), &cos, &sin);
                 let k = apply_rotary(&split(l.k_proj.forward_t(h, train), nkv), &cos, &sin);
                 let v = split(l.v_proj.forward_t(h, train), nkv);
-                let dropout = if train {
-                    self.config.attention_dropout
-                } else {
-                    0.0
-                };
-                let attn = sdpa(&q, &k, &v, &AttnMask::Causal, dropout)
-                    .transpose(1, 2)
-                    .reshape([b, t, nq * hd]);
+                let attn = crate::layers::causal_attention_seeded(
+                    &q,
+                    &k,
+                    &v,
+                    self.config.attention_dropout,
+                    dropout_seed,
+                )
+                .transpose(1, 2)
+                .reshape([b, t, nq * hd]);
                 Ok(l.o_proj.forward_partial(&attn))
             }
             crate::parallel::Sublayer::Mlp => {

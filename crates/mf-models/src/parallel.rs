@@ -116,19 +116,28 @@ pub trait ParallelLM: Send {
     fn tied_embedding(&self) -> Option<&str>;
     /// Whether any dropout is active in training (the runtime then seeds each segment).
     fn has_dropout(&self) -> bool;
-    /// Dropout on the sublayer outputs.
+    /// Dropout on the sublayer outputs (applied by the runtime).
     fn hidden_dropout(&self) -> f64;
+    /// Dropout on the embeddings (applied by the runtime after `embed_post`).
+    fn embedding_dropout(&self) -> f64;
     /// First stage: token embeddings of `ids` `[b, t]`. With a vocabulary-parallel table,
     /// rows of ids held by other ranks are zero (a partial sum over the group).
     fn token_embedding(&self, ids: &Tensor) -> Result<Tensor>;
-    /// First stage: what follows the complete token embeddings (positions, dropout);
+    /// First stage: what follows the complete token embeddings (positions), before dropout;
     /// `positions` match the rows of `x` (a sequence shard under sequence parallelism).
-    fn embed_post(&self, x: &Tensor, positions: &Tensor, train: bool) -> Tensor;
+    fn embed_post(&self, x: &Tensor, positions: &Tensor) -> Tensor;
     /// The norm in front of a sublayer.
     fn norm(&self, layer: usize, sub: Sublayer, x: &Tensor) -> Result<Tensor>;
     /// Column-parallel projection, attention / MLP, row-parallel projection without its bias:
-    /// this rank's partial sum. `h` holds the whole sequence.
-    fn core(&self, layer: usize, sub: Sublayer, h: &Tensor, train: bool) -> Result<Tensor>;
+    /// this rank's partial sum, in training. `h` holds the whole sequence; attention dropout
+    /// (if any) draws its mask from `dropout_seed` ([`crate::layers::hash_dropout`]).
+    fn core(
+        &self,
+        layer: usize,
+        sub: Sublayer,
+        h: &Tensor,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor>;
     /// The bias added once after the partial sums are reduced.
     fn out_bias(&self, layer: usize, sub: Sublayer) -> Option<Tensor>;
     /// Last stage: the final norm.

@@ -35,7 +35,8 @@ use crate::async_comm::{AsyncComm, CommOp, Pending};
 use crate::config::{ParallelConfig, RecomputeConfig};
 use crate::optim::{flatten, unflatten, BucketState, FlatOptimizer, OptimizerOptions};
 use crate::schedule::{one_f_one_b, PipeOp};
-use crate::segment::{mix, seeded, Seg};
+use crate::segment::{mix, Seg};
+use mf_models::layers::hash_dropout;
 
 /// Everything a rank needs to know about the run.
 #[derive(Debug, Clone)]
@@ -183,10 +184,7 @@ impl RankEngine {
             tp: tp_pos,
             vocab_parallel: !p.vocab_emb_dp && shape.tp > 1,
         };
-        // Stage construction draws its (overwritten) random init from the global generator:
-        // under the generator lock, so it cannot slip between another rank's seeding and its
-        // dropout draw.
-        let model = seeded(Some(opts.seed), || build_stage(config, spec))?;
+        let model = build_stage(config, spec)?;
         let params = model.parameters();
         let full: HashMap<&str, &Tensor> = full.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut rules = Vec::with_capacity(params.len());
@@ -726,13 +724,10 @@ impl RankEngine {
                 let seed =
                     self.dropout_seed(&[j as u64, c as u64, layer as u64, si as u64, 1, tp_seed]);
                 let (core, p) = if selective && sub == Sublayer::Attention && mode == Mode::Train {
-                    let p =
-                        tch::no_grad(|| seeded(seed, || self.model.core(layer, sub, &h, true)))?;
+                    let p = tch::no_grad(|| self.model.core(layer, sub, &h, seed))?;
                     (CoreRec::Recompute(h), p)
                 } else {
-                    let s = seeded(seed, || {
-                        Seg::run(&[(&h, true)], |l| self.model.core(layer, sub, &l[0], true))
-                    })?;
+                    let s = Seg::run(&[(&h, true)], |l| self.model.core(layer, sub, &l[0], seed))?;
                     let p = s.value();
                     (CoreRec::Graph(s), p)
                 };
@@ -757,14 +752,12 @@ impl RankEngine {
                     2,
                     if self.sp() { tp_seed } else { u64::MAX },
                 ]);
-                let post = seeded(post_seed, || {
-                    Seg::run(&[(&xs[c], true), (&r, true)], |l| {
-                        let y = match &bias {
-                            Some(b) => &l[1] + b,
-                            None => l[1].shallow_clone(),
-                        };
-                        Ok(&l[0] + y.dropout(p_drop, true))
-                    })
+                let post = Seg::run(&[(&xs[c], true), (&r, true)], |l| {
+                    let y = match &bias {
+                        Some(b) => &l[1] + b,
+                        None => l[1].shallow_clone(),
+                    };
+                    Ok(&l[0] + dropout(&y, p_drop, post_seed))
                 })?;
                 xs[c] = post.value();
                 recs[c].push(SubRec { norm, core, post });
@@ -813,9 +806,7 @@ impl RankEngine {
                             1,
                             tp_seed,
                         ]);
-                        seeded(seed, || {
-                            Seg::run(&[(&h, true)], |l| self.model.core(layer, sub, &l[0], true))
-                        })?
+                        Seg::run(&[(&h, true)], |l| self.model.core(layer, sub, &l[0], seed))?
                     }
                 };
                 let gh_full = core
@@ -886,10 +877,9 @@ impl RankEngine {
             0,
             if sp { self.coord.tp as u64 } else { u64::MAX },
         ]);
-        let post = seeded(seed, || {
-            Seg::run(&[(&x, true)], |l| {
-                Ok(self.model.embed_post(&l[0], &pos, true))
-            })
+        let p_drop = self.model.embedding_dropout();
+        let post = Seg::run(&[(&x, true)], |l| {
+            Ok(dropout(&self.model.embed_post(&l[0], &pos), p_drop, seed))
         })?;
         Ok((tok, post))
     }
@@ -1285,6 +1275,14 @@ impl RankEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// Dropout with a mask drawn from `seed` (none without a seed: the model has no dropout).
+fn dropout(x: &Tensor, p: f64, seed: Option<u64>) -> Tensor {
+    match seed {
+        Some(s) if p > 0.0 => hash_dropout(x, p, s),
+        _ => x.shallow_clone(),
     }
 }
 

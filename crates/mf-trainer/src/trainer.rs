@@ -573,12 +573,20 @@ impl Trainer {
         };
         let out_dir = PathBuf::from(&args.output_dir);
         std::fs::create_dir_all(&out_dir).map_err(|e| MfError::io(&out_dir, e))?;
+        // With one process per rank, only world rank 0 writes the shared output files.
+        let writer = driver.as_ref().is_none_or(|d| d.is_rank_zero());
         let metrics_path = out_dir.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| MfError::io(&metrics_path, e))?;
+        let mut metrics: Box<dyn Write> = if writer {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(|e| MfError::io(&metrics_path, e))?,
+            )
+        } else {
+            Box::new(std::io::sink())
+        };
         let compute_kind = self
             .model
             .parameters()
@@ -788,7 +796,11 @@ impl Trainer {
             cb.on_train_end(state.global_step);
         }
         drop(metrics);
-        let curves = crate::plot::Curves::read(&metrics_path)?;
+        let curves = if writer {
+            crate::plot::Curves::read(&metrics_path)?
+        } else {
+            Default::default()
+        };
         let plot = if curves.train.is_empty() {
             None
         } else {

@@ -101,6 +101,38 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, dropout: f64) -
     Tensor::scaled_dot_product_attention(q, k, v, m, dropout, causal, None, gqa)
 }
 
+/// Causal attention for training with attention-probability dropout drawn from `seed`
+/// ([`crate::layers::hash_dropout`]): the fused kernel draws from libtorch's process-global
+/// generator, so with a seed the scores are computed explicitly. Without dropout (or seed)
+/// this is the fused kernel.
+pub fn causal_attention_seeded(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dropout: f64,
+    seed: Option<u64>,
+) -> Tensor {
+    let Some(seed) = seed.filter(|_| dropout > 0.0) else {
+        return sdpa(q, k, v, &AttnMask::Causal, 0.0);
+    };
+    let (hq, hk) = (q.size()[1], k.size()[1]);
+    let (k, v) = if hq != hk {
+        (
+            k.repeat_interleave_self_int(hq / hk, 1, None),
+            v.repeat_interleave_self_int(hq / hk, 1, None),
+        )
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
+    let d = q.size()[3] as f64;
+    let t = q.size()[2];
+    let scores = q.matmul(&k.transpose(-2, -1)) / d.sqrt();
+    let causal = Tensor::ones([t, t], (Kind::Bool, q.device())).triu(1);
+    let scores = scores.masked_fill(&causal, f64::NEG_INFINITY);
+    let probs = scores.softmax(-1, scores.kind());
+    crate::layers::hash_dropout(&probs, dropout, seed).matmul(&v)
+}
+
 /// How one tensor-parallel rank holds the heads of a grouped-query attention layer.
 ///
 /// Query heads split evenly over the ranks. Key/value heads split too while there are at

@@ -1,12 +1,16 @@
 //! Building blocks shared by the model files. Linear layers are tensor-parallel aware: a
 //! column- or row-parallel linear with a world size of 1 is a plain linear.
 pub mod attention;
+pub mod dropout;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;
 pub mod rotary;
 
-pub use attention::{alibi_slopes, attention_mask, sdpa, AttnMask, HeadShard};
+pub use attention::{
+    alibi_slopes, attention_mask, causal_attention_seeded, sdpa, AttnMask, HeadShard,
+};
+pub use dropout::{hash_dropout, hash_uniform};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
 pub use norm::{LayerNorm, RmsNorm};
