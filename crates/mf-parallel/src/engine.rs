@@ -73,6 +73,9 @@ struct Bucket {
     /// Lowest layer index in the bucket (its gradients are final after that layer's last
     /// backward); `None` for the embedding / head bucket, final after the whole backward.
     first_layer: Option<usize>,
+    /// Every parameter of the bucket lives in this flat buffer (each parameter's data is a
+    /// view of it), so an update of the flat values is an update of the parameters.
+    flat: Tensor,
     state: BucketState,
     pending: Option<Pending>,
     grad: Option<Tensor>,
@@ -257,10 +260,10 @@ impl RankEngine {
         &self.params
     }
 
-    /// Bytes of optimizer state this rank holds (moments of its bucket slices and the f32
-    /// slice values).
+    /// Bytes of optimizer state this rank holds (the moments of its bucket slices; the
+    /// values it updates are the parameters themselves).
     pub fn optimizer_state_bytes(&self) -> usize {
-        let per: usize = if self.optim.has_moments() { 3 } else { 1 };
+        let per: usize = if self.optim.has_moments() { 2 } else { 0 };
         self.buckets
             .iter()
             .map(|b| (b.state.slice.end - b.state.slice.start) as usize * 4 * per)
@@ -349,13 +352,23 @@ impl RankEngine {
             } else {
                 0..len
             };
-            let values = flatten(
+            let flat = flatten(
                 &params
                     .iter()
                     .map(|&i| self.params[i].1.detach())
                     .collect::<Vec<_>>(),
                 len,
             );
+            {
+                let _g = tch::no_grad_guard();
+                let mut off = 0;
+                for (&i, shape) in params.iter().zip(&shapes) {
+                    let n: i64 = shape.iter().product();
+                    let mut p = self.params[i].1.shallow_clone();
+                    p.set_data(&flat.narrow(0, off, n).view(shape.as_slice()));
+                    off += n;
+                }
+            }
             let decay = flatten(
                 &params
                     .iter()
@@ -377,7 +390,8 @@ impl RankEngine {
                 len,
             );
             let cut = |t: Tensor| t.narrow(0, slice.start, slice.end - slice.start).copy();
-            let values = cut(values);
+            // The slice this rank updates is a view of the flat parameters, not a copy.
+            let values = flat.narrow(0, slice.start, slice.end - slice.start);
             // Without sharding, data-parallel replicas hold equal gradients: rank 0 counts them.
             let dp_owner = zero || self.coord.dp == 0;
             let norm_mask = cut(norm_mask) * if dp_owner { 1.0 } else { 0.0 };
@@ -394,6 +408,7 @@ impl RankEngine {
                 shapes,
                 len,
                 first_layer,
+                flat,
                 state,
                 pending: None,
                 grad: None,
@@ -1102,20 +1117,14 @@ impl RankEngine {
                 let b = &mut self.buckets[bi];
                 self.optim.update(&mut b.state, &g, lr);
             }
-            let flat = if zero {
-                self.dp.run(
-                    CommOp::AllGather(0),
-                    self.buckets[bi].state.values.shallow_clone(),
-                )?
-            } else {
-                self.buckets[bi].state.values.shallow_clone()
-            };
-            let b = &self.buckets[bi];
-            let parts = unflatten(&flat, &b.shapes);
-            let _g = tch::no_grad_guard();
-            for (&i, v) in b.params.iter().zip(parts) {
-                let mut p = self.params[i].1.shallow_clone();
-                p.copy_(&v);
+            // Without sharding the update already wrote the parameters (views of the flat
+            // buffer); with it, the other ranks' slices arrive by all-gather.
+            if zero {
+                let gathered = self
+                    .dp
+                    .run(CommOp::AllGather(0), self.buckets[bi].state.values.copy())?;
+                let _g = tch::no_grad_guard();
+                self.buckets[bi].flat.copy_(&gathered);
             }
         }
         self.zero_grad();
