@@ -364,15 +364,24 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Step time and memory of each parallel layout on the threads backend against one device,
-/// for one GPT-2 (8 layers, hidden 256, 8 heads, vocab 8192) and global batch (8 x 256 tokens).
-/// Every rank gets one intra-op thread, so a layout of two ranks uses the machine's two cores
-/// and the single-device run one: the pipeline bubble is then `p · T_pp / T_1 - 1`.
+/// Step time and memory of each parallel layout on the threads backend against one device.
+/// Speed: GPT-2 (8 layers, hidden 256, 8 heads, vocab 8192), global batch 8 x 256 tokens, one
+/// intra-op thread per rank, so a two-rank layout uses the machine's two cores and one device
+/// one core; the pipeline bubble is then `p · T_pp / T_1 - 1`. Memory: the same model with
+/// 1024-token rows and vocab 1024, where activations dominate. Dropout is 0 in both (attention
+/// dropout makes the runtime use explicit attention scores instead of the fused kernel).
 fn bench_parallel(mf: &Path) -> Result<()> {
+    let no_dropout = [
+        "--set",
+        "attention_dropout_rate=0",
+        "--set",
+        "hidden_dropout_rate=0",
+        "--set",
+        "embedding_dropout_prob=0",
+    ];
     let layouts: &[(&str, &[&str])] = &[
-        ("1 device", &[]),
-        ("1 device, recompute", &["--recompute", "full"]),
-        ("1 device, select_recompute", &["--recompute", "selective"]),
+        ("1 device (plain loop)", &[]),
+        ("1 device (parallel runtime)", &["--parallel-runtime"]),
         ("dp2", &["--data-parallel", "2"]),
         (
             "dp2 + optimizer shard",
@@ -380,7 +389,7 @@ fn bench_parallel(mf: &Path) -> Result<()> {
         ),
         ("mp2", &["--model-parallel", "2"]),
         (
-            "mp2 + seq parallel",
+            "mp2 + seq parallel + vocab parallel",
             &[
                 "--model-parallel",
                 "2",
@@ -405,13 +414,13 @@ fn bench_parallel(mf: &Path) -> Result<()> {
             &["--pipeline-stage", "2", "--micro-batch-num", "8"],
         ),
         (
-            "dp2 mp2",
+            "dp2 mp2 (4 ranks on 2 cores)",
             &["--data-parallel", "2", "--model-parallel", "2"],
         ),
     ];
-    println!("model: GPT-2, 8 layers, hidden 256, 8 heads, vocab 8192; batch 8 x 256 tokens; f32; 1 intra-op thread per rank");
-    println!("| layout | ranks | step s | tokens/s | vs 1 device | peak RSS MiB (all ranks) | optimizer state per rank MiB |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("speed: GPT-2, 8 layers, hidden 256, 8 heads, vocab 8192; batch 8 x 256 tokens; f32; dropout 0; 1 intra-op thread per rank");
+    println!("| layout | ranks | step s | tokens/s | vs 1 device | optimizer state per rank MiB |");
+    println!("|---|---|---|---|---|---|");
     let mut single = 0.0;
     let mut pp_times = Vec::new();
     for (name, flags) in layouts {
@@ -438,6 +447,7 @@ fn bench_parallel(mf: &Path) -> Result<()> {
                     "--threads",
                     "1",
                 ])
+                .args(no_dropout)
                 .args(*flags),
         )?;
         let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
@@ -449,11 +459,10 @@ fn bench_parallel(mf: &Path) -> Result<()> {
             pp_times.push((name.to_string(), step));
         }
         println!(
-            "| {name} | {} | {step:.3} | {:.0} | {:.2}x | {:.0} | {:.1} |",
+            "| {name} | {} | {step:.3} | {:.0} | {:.2}x | {:.1} |",
             f("ranks"),
             f("tokens_per_s"),
             single / step,
-            f("peak_rss_mb"),
             f("optimizer_state_bytes_rank0") / (1024.0 * 1024.0)
         );
     }
@@ -468,6 +477,73 @@ fn bench_parallel(mf: &Path) -> Result<()> {
             "| {name} | {:.2} | {:.2} |",
             2.0 * t / single - 1.0,
             1.0 / m
+        );
+    }
+    let memory: &[(&str, &[&str])] = &[
+        ("1 device (plain loop)", &[]),
+        ("1 device (parallel runtime)", &["--parallel-runtime"]),
+        ("1 device, recompute", &["--recompute", "full"]),
+        ("1 device, select_recompute", &["--recompute", "selective"]),
+        ("mp2", &["--model-parallel", "2"]),
+        (
+            "mp2 + seq parallel",
+            &["--model-parallel", "2", "--seq-parallel"],
+        ),
+        (
+            "mp2 + seq parallel + recompute",
+            &[
+                "--model-parallel",
+                "2",
+                "--seq-parallel",
+                "--recompute",
+                "full",
+            ],
+        ),
+    ];
+    println!("\nmemory: the same model with vocab 1024; batch 8 x 1024 tokens; peak RSS of the process (all ranks)");
+    println!("| layout | peak RSS MiB | vs runtime on 1 device | step s |\n|---|---|---|---|");
+    let mut base = 0.0;
+    for (name, flags) in memory {
+        let v = json_line(
+            Command::new(mf)
+                .arg("bench-train")
+                .args([
+                    "--set",
+                    "num_layers=8",
+                    "--set",
+                    "hidden_size=256",
+                    "--set",
+                    "num_heads=8",
+                    "--set",
+                    "vocab_size=1024",
+                    "--set",
+                    "seq_length=1024",
+                    "--seq-length",
+                    "1024",
+                    "--batch",
+                    "8",
+                    "--steps",
+                    "1",
+                    "--warmup",
+                    "1",
+                    "--threads",
+                    "2",
+                ])
+                .args(no_dropout)
+                .args(*flags),
+        )?;
+        let rss = v["peak_rss_mb"].as_f64().unwrap_or(0.0);
+        if name.contains("parallel runtime") {
+            base = rss;
+        }
+        let rel = if base > 0.0 {
+            format!("{:+.0}", rss - base)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name} | {rss:.0} | {rel} | {:.2} |",
+            1.0 / v["steps_per_s"].as_f64().unwrap_or(1.0)
         );
     }
     Ok(())

@@ -128,6 +128,8 @@ pub struct Trainer {
     compute_metrics: Option<ComputeMetrics>,
     /// This trainer is one rank of a group started elsewhere (one process per device).
     communicator: Option<Box<dyn mf_core::comm::Communicator>>,
+    /// Run even a one-device layout through the parallel runtime.
+    parallel_runtime: bool,
 }
 
 /// A batch's mean loss, its token count, and (on request) its logits with the labels.
@@ -166,6 +168,7 @@ impl Trainer {
             recompute: RecomputeConfig::default(),
             compute_metrics: None,
             communicator: None,
+            parallel_runtime: false,
         })
     }
 
@@ -218,6 +221,13 @@ impl Trainer {
     /// checkpoints. Without it, a parallel layout runs all ranks as threads of this process.
     pub fn set_communicator(&mut self, comm: Box<dyn mf_core::comm::Communicator>) {
         self.communicator = Some(comm);
+    }
+
+    /// Runs training through the parallel runtime even for one device without recompute
+    /// (segment-wise backward, flat optimizer buckets), e.g. to measure the runtime's own cost
+    /// against the plain loop; the numbers are the same.
+    pub fn use_parallel_runtime(&mut self, on: bool) {
+        self.parallel_runtime = on;
     }
 
     /// The stored parallel layout.
@@ -372,7 +382,10 @@ impl Trainer {
             .clone()
             .ok_or_else(|| invalid("no train_dataset given"))?;
         let args = self.args.clone();
-        if !self.parallel.is_single_device() || self.recompute.any() || self.communicator.is_some()
+        if !self.parallel.is_single_device()
+            || self.recompute.any()
+            || self.communicator.is_some()
+            || self.parallel_runtime
         {
             return self.train_parallel(&data, &args);
         }

@@ -324,6 +324,9 @@ struct LayoutArgs {
     /// none, full (recompute) or selective (select_recompute).
     #[arg(long, default_value = "none")]
     recompute: String,
+    /// Run a one-device layout through the parallel runtime too (measures its own cost).
+    #[arg(long)]
+    parallel_runtime: bool,
 }
 
 type Layout = (
@@ -659,6 +662,7 @@ fn run(cli: Cli) -> Result<()> {
             let ranks = parallel.device_num();
             trainer.set_parallel_config(parallel)?;
             trainer.set_recompute_config(recompute)?;
+            trainer.use_parallel_runtime(layout.parallel_runtime);
             trainer.remove_callback("loss_monitor");
             trainer.add_callback(Box::new(StepClock(times.clone())));
             let start = std::time::Instant::now();
