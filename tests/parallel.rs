@@ -203,6 +203,20 @@ impl Layout {
     }
 }
 
+/// A 2-layer GPT-2 with GPT-2's dropout (0.1 on embeddings, attention and residuals).
+fn dropout_model() -> Box<dyn CausalLM> {
+    tch::manual_seed(7);
+    let cfg = GPT2Config {
+        vocab_size: 64,
+        seq_length: 32,
+        hidden_size: 32,
+        num_layers: 2,
+        num_heads: 4,
+        ..Default::default()
+    };
+    Box::new(GPT2LMHeadModel::new(&cfg).unwrap())
+}
+
 /// The single-device run, checked to have moved the weights (so equal weights mean equal
 /// training, not no training).
 fn reference(family: Family) -> Run {
@@ -455,18 +469,6 @@ const DP2_MP2_ZERO: Layout = Layout {
 fn parallel_checkpoints_resume_exactly() {
     let _s = serial();
     let dir = tempfile::tempdir().unwrap();
-    let dropout_model = || -> Box<dyn CausalLM> {
-        tch::manual_seed(7);
-        let cfg = GPT2Config {
-            vocab_size: 64,
-            seq_length: 32,
-            hidden_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            ..Default::default() // dropout 0.1 everywhere
-        };
-        Box::new(GPT2LMHeadModel::new(&cfg).unwrap())
-    };
     let l = Some(DP2_MP2_ZERO);
     let a = dir.path().join("a");
     let (straight, w_straight) = run_ckpt(dropout_model(), &a, 10, false, l);
@@ -599,18 +601,6 @@ fn gpt2_of(m: Box<dyn CausalLM>) -> GPT2LMHeadModel {
 #[test]
 fn recompute_with_dropout_redraws_the_same_masks() {
     let _s = serial();
-    let dropout_model = || -> Box<dyn CausalLM> {
-        tch::manual_seed(7);
-        let cfg = GPT2Config {
-            vocab_size: 64,
-            seq_length: 32,
-            hidden_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            ..Default::default() // dropout 0.1 on embeddings, attention and residuals
-        };
-        Box::new(GPT2LMHeadModel::new(&cfg).unwrap())
-    };
     let mut runs = Vec::new();
     for recompute in [0u8, 1, 2] {
         let dir = tempfile::tempdir().unwrap();

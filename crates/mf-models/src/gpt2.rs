@@ -645,15 +645,7 @@ impl GPT2Stage {
     }
 
     fn block(&self, layer: usize) -> Result<&Block> {
-        layer
-            .checked_sub(self.spec.layers.start)
-            .and_then(|i| self.blocks.get(i))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "layer {layer} is not on this pipeline stage ({:?})",
-                    self.spec.layers
-                ))
-            })
+        Ok(&self.blocks[crate::parallel::local_layer(&self.spec, layer)?])
     }
 }
 

@@ -600,6 +600,22 @@ struct Layer {
     down_proj: RowParallelLinear,
 }
 
+/// This rank's heads, the rotary embedding and the head width of `config` at `tp`.
+fn attention_plan(
+    config: &LlamaConfig,
+    tp: TensorParallel,
+) -> Result<(HeadShard, RotaryEmbedding, usize)> {
+    let heads = HeadShard::plan(
+        config.num_attention_heads,
+        config.kv_heads(),
+        tp.rank,
+        tp.world_size,
+    )?;
+    let (theta, scaling) = config.rope()?;
+    let hd = config.head_size();
+    Ok((heads, RotaryEmbedding::new(hd, theta, scaling)?, hd))
+}
+
 impl Layer {
     /// Layer `l` (`model.layers.{i}`) at a tensor-parallel position, HF's initialisation.
     fn new(
@@ -684,15 +700,7 @@ impl LlamaForCausalLM {
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &LlamaConfig, tp: TensorParallel) -> Result<Self> {
         config.validate("LlamaConfig")?;
-        let heads = HeadShard::plan(
-            config.num_attention_heads,
-            config.kv_heads(),
-            tp.rank,
-            tp.world_size,
-        )?;
-        let (theta, scaling) = config.rope()?;
-        let hd = config.head_size();
-        let rope = RotaryEmbedding::new(hd, theta, scaling)?;
+        let (heads, rope, hd) = attention_plan(config, tp)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let root = vs.root();
         let m = &root / "model";
@@ -1023,15 +1031,7 @@ impl LlamaStage {
                 spec.layers, config.num_hidden_layers
             )));
         }
-        let heads = HeadShard::plan(
-            config.num_attention_heads,
-            config.kv_heads(),
-            tp.rank,
-            tp.world_size,
-        )?;
-        let (theta, scaling) = config.rope()?;
-        let hd = config.head_size();
-        let rope = RotaryEmbedding::new(hd, theta, scaling)?;
+        let (heads, rope, hd) = attention_plan(config, tp)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let root = vs.root();
         let m = &root / "model";
@@ -1074,15 +1074,7 @@ impl LlamaStage {
     }
 
     fn layer(&self, layer: usize) -> Result<&Layer> {
-        layer
-            .checked_sub(self.spec.layers.start)
-            .and_then(|i| self.layers.get(i))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "layer {layer} is not on this pipeline stage ({:?})",
-                    self.spec.layers
-                ))
-            })
+        Ok(&self.layers[crate::parallel::local_layer(&self.spec, layer)?])
     }
 }
 

@@ -167,6 +167,19 @@ pub fn vocab_embedding(table: &Tensor, ids: &Tensor, spec: &StageSpec) -> Result
     Ok(e * keep)
 }
 
+/// The index among a stage's own layers of global `layer`, or an error if the stage does not
+/// hold it.
+pub fn local_layer(spec: &StageSpec, layer: usize) -> Result<usize> {
+    if spec.layers.contains(&layer) {
+        Ok(layer - spec.layers.start)
+    } else {
+        Err(invalid(format!(
+            "layer {layer} is not on this pipeline stage ({:?})",
+            spec.layers
+        )))
+    }
+}
+
 /// The decoder layers of a model, for splitting it into stages.
 pub fn layer_count(config: &ModelConfig) -> Result<usize> {
     match config {
