@@ -602,6 +602,10 @@ impl CausalLM for PanguAlphaHeadModel {
         crate::model::sorted_variables(&self.vs)
     }
 
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::PanguAlpha(self.config.clone()))
+    }
+
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
         let mut v: Vec<(String, &mut dyn crate::lora::LoraHost)> = Vec::new();
         let layers = self
@@ -626,6 +630,281 @@ impl CausalLM for PanguAlphaHeadModel {
 
     fn num_parameters(&self) -> usize {
         crate::model::count_parameters(&self.vs)
+    }
+}
+
+/// One pipeline stage of PanGu-α at one tensor-parallel position, driven by mf-parallel.
+/// Global layer `num_layers - 1` is the top query layer: the runtime runs the final LayerNorm
+/// in front of it (`pre_layer`), and its attention query comes from the top query embedding.
+pub struct PanguAlphaStage {
+    config: PanguAlphaConfig,
+    spec: crate::parallel::StageSpec,
+    vs: nn::VarStore,
+    word_embedding: Option<Tensor>,
+    position_embedding: Option<Tensor>,
+    top_query_embedding: Option<Tensor>,
+    layers: Vec<Layer>,
+    layernorm: Option<LayerNorm>,
+    heads: i64,
+    head_dim: i64,
+    act: fn(&Tensor) -> Tensor,
+}
+
+impl PanguAlphaStage {
+    /// Builds the stage `spec` describes.
+    pub fn new(config: &PanguAlphaConfig, spec: crate::parallel::StageSpec) -> Result<Self> {
+        config.validate("PanguAlphaConfig")?;
+        if config.post_layernorm_residual {
+            return Err(invalid(
+                "post_layernorm_residual = true is not supported by the parallel runtime; train it on one device",
+            ));
+        }
+        let n = config.num_layers;
+        if spec.layers.end > n || spec.layers.is_empty() {
+            return Err(invalid(format!(
+                "pipeline stage layers {:?} do not fit a model of {n} layers",
+                spec.layers
+            )));
+        }
+        let tp = spec.tp;
+        let heads = HeadShard::plan(config.num_heads, config.num_heads, tp.rank, tp.world_size)?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let bb = vs.root() / "backbone";
+        let h = config.hidden_size as i64;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: config.initializer_range,
+        };
+        let vocab = if spec.vocab_parallel {
+            tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
+        } else {
+            config.vocab_size as i64
+        };
+        let emb = &bb / "embedding";
+        let table = |p: &nn::Path, rows: i64| p.var("embedding_table", &[rows, h], normal);
+        let word_embedding =
+            (spec.first || spec.last).then(|| table(&(&emb / "word_embedding"), vocab));
+        let position_embedding = spec
+            .first
+            .then(|| table(&(&emb / "position_embedding"), config.seq_length as i64));
+        let top = spec.layers.contains(&(n - 1));
+        let top_query_embedding =
+            top.then(|| table(&(&bb / "top_query_embedding"), config.seq_length as i64));
+        let layernorm = top.then(|| {
+            LayerNorm::new(
+                &(&bb / "layernorm"),
+                config.hidden_size,
+                config.layernorm_epsilon,
+            )
+        });
+        let layers = spec
+            .layers
+            .clone()
+            .map(|i| {
+                if i == n - 1 {
+                    Layer::new(&(&bb / "top_query_layer"), config, tp)
+                } else {
+                    Layer::new(&(&bb / "blocks" / i), config, tp)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PanguAlphaStage {
+            act: activation(&config.hidden_act)?,
+            heads: heads.q_heads as i64,
+            head_dim: (config.hidden_size / config.num_heads) as i64,
+            config: config.clone(),
+            spec,
+            vs,
+            word_embedding,
+            position_embedding,
+            top_query_embedding,
+            layers,
+            layernorm,
+        })
+    }
+
+    fn layer(&self, layer: usize) -> Result<&Layer> {
+        Ok(&self.layers[crate::parallel::local_layer(&self.spec, layer)?])
+    }
+}
+
+impl crate::parallel::ParallelLM for PanguAlphaStage {
+    fn spec(&self) -> &crate::parallel::StageSpec {
+        &self.spec
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        crate::model::sorted_variables(&self.vs)
+    }
+
+    fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
+        use crate::parallel::ShardRule::{Replicated, Split};
+        if name.contains("word_embedding") {
+            return if self.spec.vocab_parallel {
+                Split { dim: 0, parts: 1 }
+            } else {
+                Replicated
+            };
+        }
+        // Weights are [out, in]: dense1-3 and mapping split their outputs, the projections
+        // their inputs.
+        let column = [".dense1.", ".dense2.", ".dense3.", ".mapping."]
+            .iter()
+            .any(|p| name.contains(p));
+        if column {
+            Split { dim: 0, parts: 1 }
+        } else if name.contains(".projection.weight") {
+            Split { dim: 1, parts: 1 }
+        } else {
+            Replicated
+        }
+    }
+
+    fn tied_embedding(&self) -> Option<&str> {
+        Some("backbone.embedding.word_embedding.embedding_table")
+    }
+
+    fn grad_partial_over_tp(&self, name: &str) -> bool {
+        // The top query embedding feeds the column-parallel query projection inside the
+        // attention core: each rank's gradient covers its own heads only.
+        name.contains("top_query_embedding")
+    }
+
+    fn has_dropout(&self) -> bool {
+        let c = &self.config;
+        c.embedding_dropout_prob > 0.0
+            || c.hidden_dropout_rate > 0.0
+            || c.attention_dropout_rate > 0.0
+    }
+
+    fn hidden_dropout(&self) -> f64 {
+        self.config.hidden_dropout_rate
+    }
+
+    fn embedding_dropout(&self) -> f64 {
+        self.config.embedding_dropout_prob
+    }
+
+    fn token_embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let w = self
+            .word_embedding
+            .as_ref()
+            .ok_or_else(|| invalid("this pipeline stage holds no embedding"))?;
+        crate::parallel::vocab_embedding(w, ids, &self.spec)
+    }
+
+    fn embed_post(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        match &self.position_embedding {
+            Some(p) => x + Tensor::embedding(p, positions, -1, false, false),
+            None => x.shallow_clone(),
+        }
+    }
+
+    fn has_pre_layer(&self, layer: usize) -> bool {
+        layer == self.config.num_layers - 1
+    }
+
+    fn pre_layer(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+        match (&self.layernorm, self.has_pre_layer(layer)) {
+            (Some(ln), true) => Ok(ln.forward(x)),
+            _ => Ok(x.shallow_clone()),
+        }
+    }
+
+    fn norm(&self, layer: usize, sub: crate::parallel::Sublayer, x: &Tensor) -> Result<Tensor> {
+        let l = self.layer(layer)?;
+        Ok(match sub {
+            crate::parallel::Sublayer::Attention => l.layernorm1.forward(x),
+            crate::parallel::Sublayer::Mlp => l.layernorm2.forward(x),
+        })
+    }
+
+    fn core(
+        &self,
+        layer: usize,
+        sub: crate::parallel::Sublayer,
+        h: &Tensor,
+        dropout_seed: Option<u64>,
+    ) -> Result<Tensor> {
+        let l = self.layer(layer)?;
+        match sub {
+            crate::parallel::Sublayer::Attention => {
+                let (b, t, _) = h.size3()?;
+                let (nh, hd) = (self.heads, self.head_dim);
+                let split = |y: Tensor| y.view([b, t, nh, hd]).transpose(1, 2);
+                let q_in = match (&self.top_query_embedding, self.has_pre_layer(layer)) {
+                    (Some(e), true) => {
+                        let pos = Tensor::arange(t, (Kind::Int64, h.device()))
+                            .unsqueeze(0)
+                            .expand([b, t], false);
+                        Tensor::embedding(e, &pos, -1, false, false)
+                    }
+                    _ => h.shallow_clone(),
+                };
+                let q = split(l.dense1.forward_t(&q_in, true));
+                let k = split(l.dense2.forward_t(h, true));
+                let v = split(l.dense3.forward_t(h, true));
+                let attn = crate::layers::causal_attention_seeded(
+                    &q,
+                    &k,
+                    &v,
+                    self.config.attention_dropout_rate,
+                    dropout_seed,
+                )
+                .transpose(1, 2)
+                .reshape([b, t, nh * hd]);
+                Ok(l.attn_projection.forward_partial(&attn))
+            }
+            crate::parallel::Sublayer::Mlp => {
+                let m = (self.act)(&l.mapping.forward_t(h, true));
+                Ok(l.projection.forward_partial(&m))
+            }
+        }
+    }
+
+    fn out_bias(&self, layer: usize, sub: crate::parallel::Sublayer) -> Option<Tensor> {
+        let l = self.layer(layer).ok()?;
+        match sub {
+            crate::parallel::Sublayer::Attention => {
+                l.attn_projection.bias().map(|t| t.shallow_clone())
+            }
+            crate::parallel::Sublayer::Mlp => l.projection.bias().map(|t| t.shallow_clone()),
+        }
+    }
+
+    fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        // PanGu-α's final LayerNorm sits before the top query layer (`pre_layer`).
+        Ok(x.shallow_clone())
+    }
+
+    fn head_weight(&self) -> Result<Tensor> {
+        self.word_embedding
+            .as_ref()
+            .map(|t| t.shallow_clone())
+            .ok_or_else(|| invalid("this pipeline stage holds no LM head"))
+    }
+
+    fn layer_of(&self, name: &str) -> Option<usize> {
+        let top = self.config.num_layers - 1;
+        if name.starts_with("backbone.top_query_layer.")
+            || name.starts_with("backbone.layernorm.")
+            || name.starts_with("backbone.top_query_embedding")
+        {
+            return Some(top);
+        }
+        name.strip_prefix("backbone.blocks.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.config.num_layers
     }
 }
 

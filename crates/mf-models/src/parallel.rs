@@ -120,6 +120,20 @@ pub trait ParallelLM: Send {
     fn hidden_dropout(&self) -> f64;
     /// Dropout on the embeddings (applied by the runtime after `embed_post`).
     fn embedding_dropout(&self) -> f64;
+    /// Whether a parameter's gradient is a partial sum over the tensor-parallel ranks even
+    /// without sequence parallelism (a replicated tensor used inside a sharded core).
+    fn grad_partial_over_tp(&self, _name: &str) -> bool {
+        false
+    }
+    /// Whether layer `layer` starts with an extra piece before its sublayers.
+    fn has_pre_layer(&self, _layer: usize) -> bool {
+        false
+    }
+    /// That piece (PanGu-α: the final LayerNorm in front of the top query layer); its output
+    /// is the layer's input and residual.
+    fn pre_layer(&self, _layer: usize, x: &Tensor) -> Result<Tensor> {
+        Ok(x.shallow_clone())
+    }
     /// First stage: token embeddings of `ids` `[b, t]`. With a vocabulary-parallel table,
     /// rows of ids held by other ranks are zero (a partial sum over the group).
     fn token_embedding(&self, ids: &Tensor) -> Result<Tensor>;
@@ -185,8 +199,9 @@ pub fn layer_count(config: &ModelConfig) -> Result<usize> {
     match config {
         ModelConfig::Gpt2(c) => Ok(c.num_layers),
         ModelConfig::Llama(c) => Ok(c.num_hidden_layers),
+        ModelConfig::PanguAlpha(c) => Ok(c.num_layers),
         other => Err(invalid(format!(
-            "parallel training supports GPT-2 and LLaMA so far; this model is {}",
+            "parallel training supports GPT-2, LLaMA and PanGu-α so far; this model is {}",
             other.model_type()
         ))),
     }
@@ -198,8 +213,11 @@ pub fn build_stage(config: &ModelConfig, spec: StageSpec) -> Result<Box<dyn Para
     match config {
         ModelConfig::Gpt2(c) => Ok(Box::new(crate::gpt2::GPT2Stage::new(c, spec)?)),
         ModelConfig::Llama(c) => Ok(Box::new(crate::llama::LlamaStage::new(c, spec)?)),
+        ModelConfig::PanguAlpha(c) => Ok(Box::new(crate::pangualpha::PanguAlphaStage::new(
+            c, spec,
+        )?)),
         other => Err(invalid(format!(
-            "parallel training (data/model/pipeline parallel, recompute) supports GPT-2 and LLaMA so far; \
+            "parallel training (data/model/pipeline parallel, recompute) supports GPT-2, LLaMA and PanGu-α so far; \
              this model is {}. Train it on one device",
             other.model_type()
         ))),
@@ -224,9 +242,10 @@ pub fn check_layout(
             }
             (c.num_attention_heads, c.vocab_size, c.num_hidden_layers)
         }
+        ModelConfig::PanguAlpha(c) => (c.num_heads, c.vocab_size, c.num_layers),
         other => {
             return Err(invalid(format!(
-                "parallel training supports GPT-2 and LLaMA so far; this model is {}. Train it on one device",
+                "parallel training supports GPT-2, LLaMA and PanGu-α so far; this model is {}. Train it on one device",
                 other.model_type()
             )))
         }

@@ -93,8 +93,16 @@ struct SubRec {
     post: Seg,
 }
 
+/// One layer's segments: an optional piece in front (`ParallelLM::pre_layer`) and the two
+/// sublayers.
+#[derive(Default)]
+struct LayerSegs {
+    pre: Option<Seg>,
+    subs: Vec<SubRec>,
+}
+
 enum LayerRec {
-    Graph(Vec<SubRec>),
+    Graph(LayerSegs),
     /// Full recompute: the layer's input (a sequence slice of it with
     /// `recompute_slice_activation`), and the communication results when they are kept.
     Recompute {
@@ -652,7 +660,7 @@ impl RankEngine {
                     *g = Some(s);
                 }
             }
-            let graphs: Vec<Vec<SubRec>> =
+            let graphs: Vec<LayerSegs> =
                 graphs.into_iter().map(|g| g.unwrap_or_default()).collect();
             gs = self.layer_backward(j, layer, graphs, gs)?;
             if last {
@@ -709,10 +717,17 @@ impl RankEngine {
         xs: &[Tensor],
         mode: Mode,
         comm: &mut [Vec<Tensor>],
-    ) -> Result<(Vec<Tensor>, Vec<Vec<SubRec>>)> {
+    ) -> Result<(Vec<Tensor>, Vec<LayerSegs>)> {
         let n = xs.len();
         let mut xs: Vec<Tensor> = xs.iter().map(|x| x.shallow_clone()).collect();
-        let mut recs: Vec<Vec<SubRec>> = (0..n).map(|_| Vec::new()).collect();
+        let mut recs: Vec<LayerSegs> = (0..n).map(|_| LayerSegs::default()).collect();
+        if self.model.has_pre_layer(layer) {
+            for c in 0..n {
+                let pre = Seg::run(&[(&xs[c], true)], |l| self.model.pre_layer(layer, &l[0]))?;
+                xs[c] = pre.value();
+                recs[c].pre = Some(pre);
+            }
+        }
         let mut replay: Vec<std::vec::IntoIter<Tensor>> = comm
             .iter_mut()
             .map(|v| {
@@ -775,7 +790,7 @@ impl RankEngine {
                     Ok(&l[0] + dropout(&y, p_drop, post_seed))
                 })?;
                 xs[c] = post.value();
-                recs[c].push(SubRec { norm, core, post });
+                recs[c].subs.push(SubRec { norm, core, post });
             }
         }
         Ok((xs, recs))
@@ -786,7 +801,7 @@ impl RankEngine {
         &self,
         j: usize,
         layer: usize,
-        mut recs: Vec<Vec<SubRec>>,
+        mut recs: Vec<LayerSegs>,
         gys: Vec<Tensor>,
     ) -> Result<Vec<Tensor>> {
         let n = gys.len();
@@ -796,6 +811,7 @@ impl RankEngine {
             let mut stage1 = Vec::with_capacity(n);
             for c in 0..n {
                 let SubRec { norm, core, post } = recs[c]
+                    .subs
                     .pop()
                     .ok_or_else(|| invalid("sublayer record missing"))?;
                 let mut g = post.backward(&gys[c])?;
@@ -843,6 +859,14 @@ impl RankEngine {
                     .remove(0)
                     .ok_or_else(|| invalid("norm gradient missing"))?;
                 gys[c] = gx_res + gx_norm;
+            }
+        }
+        for (c, rec) in recs.iter_mut().enumerate() {
+            if let Some(pre) = rec.pre.take() {
+                gys[c] = pre
+                    .backward(&gys[c])?
+                    .remove(0)
+                    .ok_or_else(|| invalid("layer input gradient missing"))?;
             }
         }
         Ok(gys)
@@ -994,14 +1018,17 @@ impl RankEngine {
             .ok_or_else(|| invalid("final norm gradient missing"))
     }
 
-    /// Under sequence parallelism replicated parameters saw only this rank's part of the
-    /// sequence: their gradients are summed over the tensor-parallel group.
+    /// Gradients that are partial sums over the tensor-parallel group get summed there: under
+    /// sequence parallelism every replicated parameter (it saw this rank's part of the
+    /// sequence), and always those the family names (`grad_partial_over_tp`).
     fn sum_replicated_over_tp(&self, params: &[usize]) -> Result<()> {
-        if !self.sp() {
+        if self.shape.tp == 1 {
             return Ok(());
         }
         for &i in params {
-            if self.rules[i] != ShardRule::Replicated {
+            let partial = (self.sp() && self.rules[i] == ShardRule::Replicated)
+                || self.model.grad_partial_over_tp(&self.params[i].0);
+            if !partial {
                 continue;
             }
             let p = &self.params[i].1;
