@@ -379,6 +379,29 @@ fn bench_parallel(mf: &Path) -> Result<()> {
         "--set",
         "embedding_dropout_prob=0",
     ];
+    // Both tables train the same 8-layer model on 8 rows with one warm-up step; `shape`
+    // sets vocabulary, sequence length, timed steps and threads.
+    let run_layout = |shape: &[&str], flags: &[&str]| {
+        json_line(
+            Command::new(mf)
+                .arg("bench-train")
+                .args([
+                    "--set",
+                    "num_layers=8",
+                    "--set",
+                    "hidden_size=256",
+                    "--set",
+                    "num_heads=8",
+                    "--batch",
+                    "8",
+                    "--warmup",
+                    "1",
+                ])
+                .args(no_dropout)
+                .args(shape)
+                .args(flags),
+        )
+    };
     let layouts: &[(&str, &[&str])] = &[
         ("1 device (plain loop)", &[]),
         ("1 device (parallel runtime)", &["--parallel-runtime"]),
@@ -424,31 +447,18 @@ fn bench_parallel(mf: &Path) -> Result<()> {
     let mut single = 0.0;
     let mut pp_times = Vec::new();
     for (name, flags) in layouts {
-        let v = json_line(
-            Command::new(mf)
-                .arg("bench-train")
-                .args([
-                    "--set",
-                    "num_layers=8",
-                    "--set",
-                    "hidden_size=256",
-                    "--set",
-                    "num_heads=8",
-                    "--set",
-                    "vocab_size=8192",
-                    "--seq-length",
-                    "256",
-                    "--batch",
-                    "8",
-                    "--steps",
-                    "4",
-                    "--warmup",
-                    "1",
-                    "--threads",
-                    "1",
-                ])
-                .args(no_dropout)
-                .args(*flags),
+        let v = run_layout(
+            &[
+                "--set",
+                "vocab_size=8192",
+                "--seq-length",
+                "256",
+                "--steps",
+                "4",
+                "--threads",
+                "1",
+            ],
+            flags,
         )?;
         let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
         let step = 1.0 / f("steps_per_s");
@@ -504,33 +514,20 @@ fn bench_parallel(mf: &Path) -> Result<()> {
     println!("| layout | peak RSS MiB | vs runtime on 1 device | step s |\n|---|---|---|---|");
     let mut base = 0.0;
     for (name, flags) in memory {
-        let v = json_line(
-            Command::new(mf)
-                .arg("bench-train")
-                .args([
-                    "--set",
-                    "num_layers=8",
-                    "--set",
-                    "hidden_size=256",
-                    "--set",
-                    "num_heads=8",
-                    "--set",
-                    "vocab_size=1024",
-                    "--set",
-                    "seq_length=1024",
-                    "--seq-length",
-                    "1024",
-                    "--batch",
-                    "8",
-                    "--steps",
-                    "1",
-                    "--warmup",
-                    "1",
-                    "--threads",
-                    "2",
-                ])
-                .args(no_dropout)
-                .args(*flags),
+        let v = run_layout(
+            &[
+                "--set",
+                "vocab_size=1024",
+                "--set",
+                "seq_length=1024",
+                "--seq-length",
+                "1024",
+                "--steps",
+                "1",
+                "--threads",
+                "2",
+            ],
+            flags,
         )?;
         let rss = v["peak_rss_mb"].as_f64().unwrap_or(0.0);
         if name.contains("parallel runtime") {

@@ -441,6 +441,20 @@ impl RankEngine {
         true
     }
 
+    /// The attention core's dropout seed of sublayer `si` of `layer` for copy `c` of
+    /// micro-batch `j`: one function, so recompute redraws what the forward drew. Ranks hold
+    /// different heads, so the tensor-parallel rank is part of it.
+    fn core_seed(&self, j: usize, c: usize, layer: usize, si: usize) -> Option<u64> {
+        self.dropout_seed(&[
+            j as u64,
+            c as u64,
+            layer as u64,
+            si as u64,
+            1,
+            self.coord.tp as u64,
+        ])
+    }
+
     fn dropout_seed(&self, parts: &[u64]) -> Option<u64> {
         if !self.model.has_dropout() {
             return None;
@@ -693,6 +707,8 @@ impl RankEngine {
         }
     }
 
+    /// A rank's sequence shard to the whole sequence (sequence parallel), else as is: the
+    /// forward of `f` and the backward of `g`.
     fn comm_in(&self, h: Tensor) -> Result<Tensor> {
         if self.sp() {
             self.tp.run(CommOp::AllGather(1), h)
@@ -701,6 +717,9 @@ impl RankEngine {
         }
     }
 
+    /// Partial sums over the tensor-parallel group, reduced to this rank's layout: its
+    /// sequence shard (sequence parallel) or the whole sum. The forward of `g` and the
+    /// backward of `f`; submitted, so the caller can compute meanwhile.
     fn comm_out(&self, p: Tensor) -> Result<Pending> {
         if self.sp() {
             self.tp.submit(CommOp::ReduceScatter(ReduceOp::Sum, 1), p)
@@ -751,8 +770,7 @@ impl RankEngine {
                 if let Mode::NoGrad { record: true } = mode {
                     comm[c].push(h.shallow_clone());
                 }
-                let seed =
-                    self.dropout_seed(&[j as u64, c as u64, layer as u64, si as u64, 1, tp_seed]);
+                let seed = self.core_seed(j, c, layer, si);
                 let (core, p) = if selective && sub == Sublayer::Attention && mode == Mode::Train {
                     let p = tch::no_grad(|| self.model.core(layer, sub, &h, seed))?;
                     (CoreRec::Recompute(h), p)
@@ -806,7 +824,6 @@ impl RankEngine {
     ) -> Result<Vec<Tensor>> {
         let n = gys.len();
         let mut gys = gys;
-        let tp_seed = self.coord.tp as u64;
         for (si, sub) in Sublayer::ALL.into_iter().enumerate().rev() {
             let mut stage1 = Vec::with_capacity(n);
             for c in 0..n {
@@ -821,22 +838,11 @@ impl RankEngine {
                 let gr = g
                     .remove(0)
                     .ok_or_else(|| invalid("sublayer gradient missing"))?;
-                let gp = if self.sp() {
-                    self.tp.run(CommOp::AllGather(1), gr)?
-                } else {
-                    gr
-                };
+                let gp = self.comm_in(gr)?;
                 let core = match core {
                     CoreRec::Graph(s) => s,
                     CoreRec::Recompute(h) => {
-                        let seed = self.dropout_seed(&[
-                            j as u64,
-                            c as u64,
-                            layer as u64,
-                            si as u64,
-                            1,
-                            tp_seed,
-                        ]);
+                        let seed = self.core_seed(j, c, layer, si);
                         Seg::run(&[(&h, true)], |l| self.model.core(layer, sub, &l[0], seed))?
                     }
                 };
@@ -844,12 +850,7 @@ impl RankEngine {
                     .backward(&gp)?
                     .remove(0)
                     .ok_or_else(|| invalid("core gradient missing"))?;
-                let pending = if self.sp() {
-                    self.tp
-                        .submit(CommOp::ReduceScatter(ReduceOp::Sum, 1), gh_full)?
-                } else {
-                    self.tp.submit(CommOp::AllReduce(ReduceOp::Sum), gh_full)?
-                };
+                let pending = self.comm_out(gh_full)?;
                 stage1.push((norm, gx_res, pending));
             }
             for (c, (norm, gx_res, pending)) in stage1.into_iter().enumerate() {
@@ -889,12 +890,7 @@ impl RankEngine {
         let sp = self.sp();
         let (tok, x) = if self.vocab_parallel() {
             let tok = Seg::run(&[(ids, false)], |l| self.model.token_embedding(&l[0]))?;
-            let x = if sp {
-                self.tp
-                    .run(CommOp::ReduceScatter(ReduceOp::Sum, 1), tok.value())?
-            } else {
-                self.tp.run(CommOp::AllReduce(ReduceOp::Sum), tok.value())?
-            };
+            let x = self.comm_out(tok.value())?.wait()?;
             (tok, x)
         } else {
             let ids = if sp {
@@ -928,8 +924,8 @@ impl RankEngine {
             .backward(gy)?
             .remove(0)
             .ok_or_else(|| invalid("embedding gradient missing"))?;
-        let g = if self.vocab_parallel() && self.sp() {
-            self.tp.run(CommOp::AllGather(1), g)?
+        let g = if self.vocab_parallel() {
+            self.comm_in(g)?
         } else {
             g
         };
@@ -1005,11 +1001,7 @@ impl RankEngine {
             .remove(0)
             .ok_or_else(|| invalid("head gradient missing"))?;
         let gh = if self.vocab_parallel() {
-            if self.sp() {
-                self.tp.run(CommOp::ReduceScatter(ReduceOp::Sum, 1), gh)?
-            } else {
-                self.tp.run(CommOp::AllReduce(ReduceOp::Sum), gh)?
-            }
+            self.comm_out(gh)?.wait()?
         } else {
             gh
         };

@@ -25,12 +25,6 @@ pub fn one_f_one_b(stage: usize, stages: usize, micro: usize) -> Vec<PipeOp> {
     ops
 }
 
-/// The bubble fraction of 1F1B: idle time over total time, `(p - 1) / (m + p - 1)` for equal
-/// stage times; the issue's `(p - 1) / m` is its ratio to the useful time.
-pub fn bubble_fraction(stages: usize, micro: usize) -> f64 {
-    (stages as f64 - 1.0) / (micro as f64 + stages as f64 - 1.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

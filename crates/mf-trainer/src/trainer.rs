@@ -420,7 +420,9 @@ impl Trainer {
     }
 
     /// Training over the parallel layout and recompute options set on this trainer: the
-    /// ranks are threads of this process (the threads backend), rank 0 on this thread.
+    /// ranks are threads of this process (the threads backend, rank 0 on this thread), or,
+    /// with a communicator (`set_communicator`, or NCCL from `init_context`), this trainer is
+    /// one rank of a group of processes.
     fn train_parallel(
         &mut self,
         data: &BatchedDataset,
