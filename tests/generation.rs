@@ -278,12 +278,12 @@ fn invalid_options_are_errors() {
 }
 
 /// Counts the tokens each forward call processes, to show the cache never re-runs the prefix.
-struct Counting<'a> {
-    inner: &'a GPT2LMHeadModel,
+struct Counting {
+    inner: GPT2LMHeadModel,
     tokens: Cell<i64>,
 }
 
-impl CausalLM for Counting<'_> {
+impl CausalLM for Counting {
     fn forward(
         &self,
         input: &ForwardInput<'_>,
@@ -330,11 +330,11 @@ impl CausalLM for Counting<'_> {
 
 #[test]
 fn kv_cache_decode_steps_process_one_token() {
-    let m = model();
     let c = Counting {
-        inner: &m,
+        inner: model(),
         tokens: Cell::new(0),
     };
+    let m = &c.inner;
     let new = 10;
     for prompt_len in [4usize, 30] {
         c.tokens.set(0);

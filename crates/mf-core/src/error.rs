@@ -62,6 +62,17 @@ pub enum MfError {
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A value could not be turned into (or read from) JSON.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// libtorch failed (raised an exception) inside a named operation.
+    #[error("{op} failed in libtorch: {msg}")]
+    TorchOp {
+        /// The public operation that was running (`BertForMaskedLM forward`).
+        op: String,
+        /// libtorch's message, first line.
+        msg: String,
+    },
 }
 
 /// Result alias used across mindformers-rs.
@@ -109,4 +120,69 @@ impl MfError {
 /// Shorthand for [`MfError::InvalidArgument`].
 pub fn invalid(msg: impl Into<String>) -> MfError {
     MfError::InvalidArgument(msg.into())
+}
+
+/// Runs `f`, turning a panic raised inside it (tch panics when libtorch throws: a shape
+/// mismatch, out of memory) into [`MfError::TorchOp`] naming `op`, so a public inference or
+/// training call returns an error instead of unwinding through the caller.
+pub fn guard<T>(op: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match caught {
+        Ok(r) => r,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            // tch wraps the C++ message as `Torch("...")` with a backtrace after it; the
+            // first meaningful line is what a user can act on.
+            let msg = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("unknown error")
+                .trim_start_matches("called `Result::unwrap()` on an `Err` value: ")
+                .to_string();
+            Err(MfError::TorchOp {
+                op: op.to_string(),
+                msg,
+            })
+        }
+    }
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    // Set while a `guard` runs on this thread: the panic becomes an `Err`, so the default
+    // hook's "thread panicked" report would only be noise.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libtorch_exception_becomes_an_error_naming_the_operation() {
+        let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let b = tch::Tensor::zeros([4, 5], (tch::Kind::Float, tch::Device::Cpu));
+        let e = guard("toy matmul", || Ok(a.matmul(&b)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("toy matmul failed in libtorch:"), "{e}");
+        assert!(e.contains("2x3") || e.contains("shapes"), "{e}");
+        assert_eq!(guard("ok", || Ok(1)).unwrap(), 1);
+    }
 }

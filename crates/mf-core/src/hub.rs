@@ -130,12 +130,30 @@ impl ModelHub {
                 fetch(&shard)?;
             }
         }
+        // A repository's tokenizer lives beside its weights; each file is optional (a repo
+        // ships tokenizer.json, or vocab.txt, or vocab.json + merges.txt).
+        for file in TOKENIZER_FILES {
+            let _ = model.get(file);
+        }
         Ok(config
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.hf_cache.clone()))
     }
 }
+
+/// Tokenizer files fetched with a model, when the repository has them.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+    "modules.json",
+    "1_Pooling/config.json",
+];
 
 /// Whether `dir` holds `config.json` and safetensors weights.
 pub fn has_model_files(dir: &Path) -> bool {

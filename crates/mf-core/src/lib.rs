@@ -9,5 +9,5 @@ pub mod error;
 
 pub use context::{init_context, Context, ContextConfig, ParallelContextConfig, ParallelMode};
 pub use device::{DType, Device};
-pub use error::{invalid, MfError, Result};
+pub use error::{guard, invalid, MfError, Result};
 pub mod hub;

@@ -2,15 +2,17 @@
 //! directories resolve to a model family, its config and its weights.
 use std::path::{Path, PathBuf};
 
-use mf_core::{MfError, Result};
+use mf_core::{DType, Device, MfError, Result};
 use serde::Deserialize;
 
+use crate::bert::BertConfig;
 use crate::bloom::{BloomConfig, BloomForCausalLM};
 use crate::glm::{GlmConfig, GlmForCausalLM};
 use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
 use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
 use crate::pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
+use crate::task::{Task, TaskModel};
 
 /// Every preset: (name, TOML text).
 const PRESETS: &[(&str, &str)] = &[
@@ -76,6 +78,34 @@ const PRESETS: &[(&str, &str)] = &[
         "pangualpha_13b",
         include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
     ),
+    (
+        "bert_base_uncased",
+        include_str!("../../../configs/bert/bert_base_uncased.toml"),
+    ),
+    (
+        "bert_tiny_uncased",
+        include_str!("../../../configs/bert/bert_tiny_uncased.toml"),
+    ),
+    (
+        "txtcls_bert_base_uncased",
+        include_str!("../../../configs/bert/txtcls_bert_base_uncased.toml"),
+    ),
+    (
+        "txtcls_bert_base_uncased_mnli",
+        include_str!("../../../configs/bert/txtcls_bert_base_uncased_mnli.toml"),
+    ),
+    (
+        "tokcls_bert_base_chinese",
+        include_str!("../../../configs/bert/tokcls_bert_base_chinese.toml"),
+    ),
+    (
+        "tokcls_bert_base_chinese_cluener",
+        include_str!("../../../configs/bert/tokcls_bert_base_chinese_cluener.toml"),
+    ),
+    (
+        "qa_bert_base_uncased",
+        include_str!("../../../configs/bert/qa_bert_base_uncased.toml"),
+    ),
 ];
 
 /// A preset file: family, hub repository and hyperparameters.
@@ -88,6 +118,9 @@ pub struct Preset {
     pub hub_repo: Option<String>,
     /// One line for listings.
     pub description: String,
+    /// The task the preset's head serves (`fill_mask`, `text_classification`, ...); causal
+    /// LMs leave it out (`text_generation`).
+    pub task: Option<String>,
     /// Hyperparameters in the family's config keys.
     pub config: toml::Table,
 }
@@ -122,6 +155,8 @@ pub enum ModelConfig {
     Glm(GlmConfig),
     /// PanGu-α.
     PanguAlpha(PanguAlphaConfig),
+    /// BERT, RoBERTa, XLM-RoBERTa.
+    Bert(BertConfig),
 }
 
 impl ModelConfig {
@@ -189,6 +224,9 @@ impl ModelConfig {
             ModelConfig::Bloom(_) => "bloom",
             ModelConfig::Glm(_) => "glm",
             ModelConfig::PanguAlpha(_) => "pangualpha",
+            ModelConfig::Bert(c) if c.model_type == "roberta" => "roberta",
+            ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => "xlm-roberta",
+            ModelConfig::Bert(_) => "bert",
         }
     }
 }
@@ -197,8 +235,8 @@ fn family_error(model_type: &str, origin: &str) -> MfError {
     MfError::config(
         origin,
         format!(
-            "model_type '{model_type}' is not supported; supported: gpt2, llama, qwen2, bloom, \
-             glm, pangualpha"
+            "model_type '{model_type}' is not supported; supported: {}",
+            supported_model_types().join(", ")
         ),
     )
 }
@@ -268,6 +306,13 @@ impl AutoConfig {
                 c.validate(&origin)?;
                 Ok(ModelConfig::PanguAlpha(c))
             }
+            "bert" | "roberta" | "xlm-roberta" => {
+                let mut c = preset_config(&p.config, &origin, |c: &BertConfig| &c.extra)?;
+                c.model_type = p.model_type.clone();
+                c.hub_repo = p.hub_repo.clone();
+                c.validate(&origin)?;
+                Ok(ModelConfig::Bert(c))
+            }
             other => Err(family_error(other, &origin)),
         }
     }
@@ -290,6 +335,9 @@ impl AutoConfig {
             Some("pangualpha") => Ok(ModelConfig::PanguAlpha(PanguAlphaConfig::from_json_file(
                 path,
             )?)),
+            Some("bert" | "roberta" | "xlm-roberta") => {
+                Ok(ModelConfig::Bert(BertConfig::from_json_file(path)?))
+            }
             Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
@@ -337,6 +385,10 @@ pub fn resolve_model_dir(name_or_dir: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    if is_hub_name(name_or_dir) && preset(name_or_dir).is_err() {
+        // `org/name`: the Hugging Face cache, or a download.
+        return mf_core::hub::ModelHub::from_env().model_dir(name_or_dir, Some(name_or_dir));
+    }
     if name_or_dir.contains(std::path::MAIN_SEPARATOR) || name_or_dir.starts_with('.') {
         return Err(MfError::NotFound(format!(
             "model directory '{name_or_dir}' does not exist"
@@ -346,7 +398,10 @@ pub fn resolve_model_dir(name_or_dir: &str) -> Result<PathBuf> {
     mf_core::hub::ModelHub::from_env().model_dir(name_or_dir, p.hub_repo.as_deref())
 }
 
-/// `AutoModel.from_pretrained` / `from_config`: any supported causal LM behind one interface.
+/// `AutoModel.from_pretrained` / `from_config`, MindFormers' semantics: a preset's network with
+/// the head it was published with, here any causal LM behind one interface (the seed's
+/// `AutoModel.from_pretrained('gpt2')` then generates). The other heads, and the headless base
+/// model, come from [`AutoModel::base`] and the `AutoModelFor<Task>` classes.
 pub struct AutoModel;
 
 impl AutoModel {
@@ -359,6 +414,7 @@ impl AutoModel {
             ModelConfig::Bloom(_) => Ok(Box::new(BloomForCausalLM::from_dir(&dir)?)),
             ModelConfig::Glm(_) => Ok(Box::new(GlmForCausalLM::from_dir(&dir)?)),
             ModelConfig::PanguAlpha(_) => Ok(Box::new(PanguAlphaHeadModel::from_dir(&dir)?)),
+            ModelConfig::Bert(c) => Err(no_causal_head(&c.model_type)),
         }
     }
 
@@ -370,6 +426,203 @@ impl AutoModel {
             ModelConfig::Bloom(c) => Ok(Box::new(BloomForCausalLM::new(c)?)),
             ModelConfig::Glm(c) => Ok(Box::new(GlmForCausalLM::new(c)?)),
             ModelConfig::PanguAlpha(c) => Ok(Box::new(PanguAlphaHeadModel::new(c)?)),
+            ModelConfig::Bert(c) => Err(no_causal_head(&c.model_type)),
         }
     }
+}
+
+/// One model family, declared in its own file: the `model_type`s it serves, the heads it
+/// offers and how to load each. Adding a family is its file plus one line in [`FAMILIES`].
+pub struct Family {
+    /// Family name, for messages.
+    pub name: &'static str,
+    /// `model_type` values of `config.json` / presets this family reads.
+    pub model_types: &'static [&'static str],
+    /// Heads the family offers.
+    pub tasks: &'static [Task],
+    /// Loads a directory as a causal LM (families with that head).
+    pub load_causal: Option<fn(&Path) -> Result<Box<dyn CausalLM>>>,
+    /// Loads a directory with any other head, straight at the dtype and device.
+    pub load_task: Option<fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>>,
+    /// Builds a randomly initialised model with any non-causal head from its config.
+    pub from_config: Option<fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>>,
+}
+
+/// Every registered family.
+pub const FAMILIES: &[&Family] = &[
+    &crate::gpt2::FAMILY,
+    &crate::llama::FAMILY,
+    &crate::bloom::FAMILY,
+    &crate::glm::FAMILY,
+    &crate::pangualpha::FAMILY,
+    &crate::bert::FAMILY,
+];
+
+/// Every `model_type` some family reads.
+pub fn supported_model_types() -> Vec<&'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.model_types.iter().copied())
+        .collect()
+}
+
+/// The family serving `model_type`.
+pub fn family(model_type: &str) -> Result<&'static Family> {
+    FAMILIES
+        .iter()
+        .find(|f| f.model_types.contains(&model_type))
+        .copied()
+        .ok_or_else(|| MfError::unknown("model_type", model_type, &supported_model_types()))
+}
+
+fn no_causal_head(model_type: &str) -> MfError {
+    mf_core::invalid(format!(
+        "{model_type} is an encoder with no causal LM head: load it with AutoModelForMaskedLM, \
+         AutoModelForSequenceClassification, AutoModelForTokenClassification, \
+         AutoModelForQuestionAnswering or AutoModel::base"
+    ))
+}
+
+/// Whether a name looks like a Hugging Face hub repository (`org/name`).
+pub fn is_hub_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None)
+        if !a.is_empty() && !b.is_empty() && !a.starts_with('.') && !Path::new(name).exists())
+}
+
+/// The task name of a preset's `task` key (MindFormers' or HF's spelling) as a head.
+pub fn task_of_name(name: &str) -> Option<Task> {
+    Some(match name.replace('-', "_").as_str() {
+        "text_generation" => Task::CausalLM,
+        "fill_mask" => Task::MaskedLM,
+        "text_classification" | "sentiment_analysis" => Task::SequenceClassification,
+        "token_classification" | "ner" => Task::TokenClassification,
+        "question_answering" => Task::QuestionAnswering,
+        "feature_extraction" => Task::Base,
+        _ => return None,
+    })
+}
+
+/// `model_type` (and the `architectures` head) of a model directory's `config.json`.
+pub fn read_model_type(dir: &Path) -> Result<(String, Option<Task>)> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(MfError::NotFound(format!(
+            "{}: no config.json in this directory",
+            dir.display()
+        )));
+    }
+    let v: serde_json::Value = mf_core::config::read_json(&path)?;
+    let mt = v
+        .get("model_type")
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| MfError::config(path.display(), "no model_type key"))?;
+    let task = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .and_then(Task::from_architecture);
+    Ok((mt.to_string(), task))
+}
+
+/// Loads any registered family's model with `task`'s head from a preset name, directory or
+/// hub name (`org/name`), on `device` in `dtype`.
+pub fn load_task_model(
+    name_or_dir: &str,
+    task: Task,
+    device: Device,
+    dtype: DType,
+) -> Result<Box<dyn TaskModel>> {
+    let dir = resolve_model_dir(name_or_dir)?;
+    let (mt, _) = read_model_type(&dir)?;
+    let fam = family(&mt)?;
+    if !fam.tasks.contains(&task) {
+        return Err(mf_core::invalid(format!(
+            "{name_or_dir} is a {} model, which has no {task} head (it offers: {}); {} cannot \
+             load it",
+            fam.name,
+            fam.tasks
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            task.auto_class()
+        )));
+    }
+    let load = fam.load_task.ok_or_else(|| {
+        mf_core::invalid(format!(
+            "{} models load as causal LMs: use AutoModelForCausalLM",
+            fam.name
+        ))
+    })?;
+    load(&dir, task, device, dtype)
+}
+
+impl AutoModel {
+    /// `transformers.AutoModel`: the headless base model (hidden states, pooled output).
+    pub fn base(name_or_dir: &str) -> Result<Box<dyn TaskModel>> {
+        load_task_model(name_or_dir, Task::Base, Device::Cpu, DType::F32)
+    }
+
+    /// A randomly initialised model of the config's family with `task`'s head.
+    pub fn from_config_task(config: &ModelConfig, task: Task) -> Result<Box<dyn TaskModel>> {
+        let fam = family(config.model_type())?;
+        match fam.from_config {
+            Some(f) if fam.tasks.contains(&task) => f(config, task),
+            _ => Err(mf_core::invalid(format!(
+                "{} offers no {task} head built this way",
+                fam.name
+            ))),
+        }
+    }
+}
+
+/// `AutoModelForCausalLM`: any causal LM (the same models [`AutoModel::from_pretrained`] gives).
+pub struct AutoModelForCausalLM;
+
+impl AutoModelForCausalLM {
+    /// Loads a preset, directory or hub name as a causal LM.
+    pub fn from_pretrained(name_or_dir: &str) -> Result<Box<dyn CausalLM>> {
+        let dir = resolve_model_dir(name_or_dir)?;
+        let (mt, _) = read_model_type(&dir)?;
+        match family(&mt)?.load_causal {
+            Some(load) => load(&dir),
+            None => Err(no_causal_head(&mt)),
+        }
+    }
+}
+
+macro_rules! auto_head {
+    ($(#[$doc:meta] $name:ident => $task:expr),* $(,)?) => {$(
+        #[$doc]
+        pub struct $name;
+
+        impl $name {
+            /// Loads a preset, directory or hub name with this head on the CPU in f32; a
+            /// checkpoint without the head gets a new one, with a warning naming its tensors.
+            pub fn from_pretrained(name_or_dir: &str) -> Result<Box<dyn TaskModel>> {
+                load_task_model(name_or_dir, $task, Device::Cpu, DType::F32)
+            }
+
+            /// Like `from_pretrained`, reading the weights straight at `dtype` on `device`.
+            pub fn from_pretrained_on(
+                name_or_dir: &str,
+                device: Device,
+                dtype: DType,
+            ) -> Result<Box<dyn TaskModel>> {
+                load_task_model(name_or_dir, $task, device, dtype)
+            }
+        }
+    )*};
+}
+
+auto_head! {
+    /// `AutoModelForMaskedLM`.
+    AutoModelForMaskedLM => Task::MaskedLM,
+    /// `AutoModelForSequenceClassification`.
+    AutoModelForSequenceClassification => Task::SequenceClassification,
+    /// `AutoModelForTokenClassification`.
+    AutoModelForTokenClassification => Task::TokenClassification,
+    /// `AutoModelForQuestionAnswering`.
+    AutoModelForQuestionAnswering => Task::QuestionAnswering,
 }

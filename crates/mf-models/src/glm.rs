@@ -23,7 +23,7 @@ use crate::layers::{
     KvCache, RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel,
     WeightLayout,
 };
-use crate::llama::{activation, ids, opt_id, RopeScalingConfig};
+use crate::llama::{ids, opt_id, RopeScalingConfig};
 use crate::model::{CausalLM, ForwardInput};
 
 /// GLM-4 hyperparameters under Hugging Face `config.json` keys (transformers 4.x top-level
@@ -246,7 +246,8 @@ impl GlmConfig {
                 self.attention_dropout
             ));
         }
-        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        crate::layers::Activation::from_name(&self.hidden_act)
+            .map_err(|e| MfError::config(origin, e.to_string()))?;
         RotaryEmbedding::new(rd, self.theta(), RopeScaling::None)
             .map_err(|e| MfError::config(origin, e.to_string()))?;
         Ok(())
@@ -346,7 +347,7 @@ pub struct GlmForCausalLM {
     rope: RotaryEmbedding,
     heads: HeadShard,
     head_dim: i64,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
 }
 
 impl std::fmt::Debug for GlmForCausalLM {
@@ -444,7 +445,7 @@ impl GlmForCausalLM {
             )?)
         };
         Ok(GlmForCausalLM {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
             heads,
             rope,
@@ -526,7 +527,7 @@ impl GlmForCausalLM {
         let x = x + l.o_proj.forward_t(&attn, train);
         let h = l.post_attention_layernorm.forward(&x);
         let gate_up = l.gate_up_proj.forward_t(&h, train).chunk(2, -1);
-        let m = &gate_up[1] * (self.act)(&gate_up[0]);
+        let m = &gate_up[1] * self.act.forward(&gate_up[0]);
         Ok(x + l.down_proj.forward_t(&m, train))
     }
 }
@@ -716,3 +717,13 @@ mod tests {
         assert_eq!((v5.theta(), v5.rotary_dim()), (500000.0, 32));
     }
 }
+
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "glm",
+    model_types: &["glm"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(GlmForCausalLM::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};

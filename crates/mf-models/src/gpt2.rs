@@ -45,8 +45,8 @@ pub struct GPT2Config {
     /// LayerNorm epsilon.
     #[serde(alias = "layer_norm_epsilon")]
     pub layernorm_epsilon: f64,
-    /// MLP activation (`gelu_new`/`gelu` as tanh-approximated GeLU, `gelu_pytorch_tanh`,
-    /// `gelu_exact`, `relu`).
+    /// MLP activation, HF's names and semantics ([`crate::layers::Activation`]): `gelu_new`
+    /// (GPT-2's tanh GeLU), `gelu` (erf), `relu`, ...
     #[serde(alias = "activation_function")]
     pub hidden_act: String,
     /// Dropout on embeddings (training only).
@@ -174,7 +174,8 @@ impl GPT2Config {
         {
             return err("scale_attn_weights=false, scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported".into());
         }
-        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        crate::layers::Activation::from_name(&self.hidden_act)
+            .map_err(|e| MfError::config(origin, e.to_string()))?;
         for (name, p) in [
             ("embedding_dropout_prob", self.embedding_dropout_prob),
             ("hidden_dropout_rate", self.hidden_dropout_rate),
@@ -223,19 +224,6 @@ impl GPT2Config {
         }
         serde_json::Value::Object(v)
     }
-}
-
-fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
-    Ok(match name {
-        "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "fast_gelu" => |x| x.gelu("tanh"),
-        "gelu_exact" => |x| x.gelu("none"),
-        "relu" => |x| x.relu(),
-        other => {
-            return Err(invalid(format!(
-                "activation '{other}' is not supported; use gelu_new, gelu_exact or relu"
-            )))
-        }
-    })
 }
 
 #[derive(Debug)]
@@ -290,7 +278,7 @@ pub struct GPT2LMHeadModel {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
     heads: i64,
     /// A contiguous `[hidden, vocab]` copy of the tied embedding for the decode-time LM head.
     head_t: crate::layers::linear::TransposedCache,
@@ -336,7 +324,7 @@ impl GPT2LMHeadModel {
             .collect::<Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(&(&t / "ln_f"), h, config.layernorm_epsilon);
         Ok(GPT2LMHeadModel {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
             head_t: Default::default(),
             config: config.clone(),
@@ -414,7 +402,9 @@ impl GPT2LMHeadModel {
             .forward_t(&attn, train)
             .dropout(self.config.hidden_dropout_rate, train);
         let x = x + attn;
-        let m = (self.act)(&blk.c_fc.forward_t(&blk.ln_2.forward(&x), train));
+        let m = self
+            .act
+            .forward(&blk.c_fc.forward_t(&blk.ln_2.forward(&x), train));
         let m = blk
             .mlp_proj
             .forward_t(&m, train)
@@ -453,8 +443,18 @@ impl CausalLM for GPT2LMHeadModel {
                 )));
             }
         }
+        crate::task::check_same_shape("position_ids", input.position_ids, &[b, t])?;
         let pos = match input.position_ids {
-            Some(p) => p.to_device(dev),
+            Some(p) => {
+                let p = p.to_device(dev);
+                crate::task::check_range(
+                    "position_ids",
+                    &p,
+                    self.config.seq_length as i64,
+                    "GPT-2's learned positions end there",
+                )?;
+                p
+            }
             None => Tensor::arange_start(past, past + t, (Kind::Int64, dev))
                 .unsqueeze(0)
                 .expand([b, t], false),
@@ -590,7 +590,7 @@ pub struct GPT2Stage {
     wpe: Option<Tensor>,
     blocks: Vec<Block>,
     ln_f: Option<LayerNorm>,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
     heads: i64,
 }
 
@@ -632,7 +632,7 @@ impl GPT2Stage {
             .last
             .then(|| LayerNorm::new(&(&t / "ln_f"), config.hidden_size, config.layernorm_epsilon));
         Ok(GPT2Stage {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
             config: config.clone(),
             spec,
@@ -752,7 +752,7 @@ impl crate::parallel::ParallelLM for GPT2Stage {
                 Ok(b.attn_proj.forward_partial(&attn))
             }
             crate::parallel::Sublayer::Mlp => {
-                let m = (self.act)(&b.c_fc.forward_t(h, true));
+                let m = self.act.forward(&b.c_fc.forward_t(h, true));
                 Ok(b.mlp_proj.forward_partial(&m))
             }
         }
@@ -797,3 +797,13 @@ impl crate::parallel::ParallelLM for GPT2Stage {
         self.config.num_layers
     }
 }
+
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "gpt2",
+    model_types: &["gpt2"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(GPT2LMHeadModel::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};

@@ -1,6 +1,7 @@
-//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, GLM-4, PanGu-α,
-//! generation and the Auto registry.
+//! Models: configs, parallel-aware layers, GPT-2, LLaMA, BLOOM, GLM-4, PanGu-α, the BERT
+//! family, the task-head interface, generation and the family registry.
 pub mod auto;
+pub mod bert;
 pub mod bloom;
 pub mod generation;
 pub mod glm;
@@ -11,8 +12,18 @@ pub mod lora;
 pub mod model;
 pub mod pangualpha;
 pub mod parallel;
+pub mod task;
 
-pub use auto::{AutoConfig, AutoModel, ModelConfig};
+pub use auto::{
+    AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, ModelConfig,
+};
+pub use bert::{
+    Bert, BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
+    BertForTokenClassification, BertModel, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel,
+};
 pub use bloom::{BloomConfig, BloomForCausalLM};
 pub use generation::{generate, GenerationConfig, GenerationOverrides, Streamer, TextStreamer};
 pub use glm::{GlmConfig, GlmForCausalLM};
@@ -21,3 +32,4 @@ pub use llama::{LlamaConfig, LlamaForCausalLM, RopeScalingConfig};
 pub use lora::{LoraConfig, LoraSummary};
 pub use model::{CausalLM, ForwardInput};
 pub use pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
+pub use task::{ModelInputs, ModelOutput, PreTrainedModel, Task, TaskModel};

@@ -461,7 +461,8 @@ impl LlamaConfig {
                 self.attention_dropout
             ));
         }
-        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        crate::layers::Activation::from_name(&self.hidden_act)
+            .map_err(|e| MfError::config(origin, e.to_string()))?;
         let (theta, scaling) = self
             .rope()
             .map_err(|e| MfError::config(origin, e.to_string()))?;
@@ -573,20 +574,6 @@ fn rope_scaling_json(s: &RopeScaling) -> serde_json::Value {
     }
 }
 
-pub(crate) fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
-    Ok(match name {
-        "silu" | "swish" => |x| x.silu(),
-        "gelu" => |x| x.gelu("none"),
-        "gelu_pytorch_tanh" | "gelu_new" => |x| x.gelu("tanh"),
-        "relu" => |x| x.relu(),
-        other => {
-            return Err(invalid(format!(
-                "activation '{other}' is not supported; use silu, gelu, gelu_pytorch_tanh or relu"
-            )))
-        }
-    })
-}
-
 #[derive(Debug)]
 struct Layer {
     input_layernorm: RmsNorm,
@@ -672,7 +659,7 @@ pub struct LlamaForCausalLM {
     rope: RotaryEmbedding,
     heads: HeadShard,
     head_dim: i64,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
 }
 
 impl std::fmt::Debug for LlamaForCausalLM {
@@ -731,7 +718,7 @@ impl LlamaForCausalLM {
             )?)
         };
         Ok(LlamaForCausalLM {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
             heads,
             rope,
@@ -813,7 +800,8 @@ impl LlamaForCausalLM {
             .reshape([b, t, nq * hd]);
         let x = x + l.o_proj.forward_t(&attn, train);
         let h = l.post_attention_layernorm.forward(&x);
-        let m = (self.act)(&l.gate_proj.forward_t(&h, train)) * l.up_proj.forward_t(&h, train);
+        let m =
+            self.act.forward(&l.gate_proj.forward_t(&h, train)) * l.up_proj.forward_t(&h, train);
         Ok(x + l.down_proj.forward_t(&m, train))
     }
 }
@@ -1010,7 +998,7 @@ pub struct LlamaStage {
     rope: RotaryEmbedding,
     heads: HeadShard,
     head_dim: i64,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
 }
 
 impl LlamaStage {
@@ -1059,7 +1047,7 @@ impl LlamaStage {
             .last
             .then(|| RmsNorm::new(&(&m / "norm"), config.hidden_size, config.rms_norm_eps));
         Ok(LlamaStage {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
             heads,
             rope,
@@ -1184,8 +1172,8 @@ impl crate::parallel::ParallelLM for LlamaStage {
                 Ok(l.o_proj.forward_partial(&attn))
             }
             crate::parallel::Sublayer::Mlp => {
-                let m =
-                    (self.act)(&l.gate_proj.forward_t(h, train)) * l.up_proj.forward_t(h, train);
+                let m = self.act.forward(&l.gate_proj.forward_t(h, train))
+                    * l.up_proj.forward_t(h, train);
                 Ok(l.down_proj.forward_partial(&m))
             }
         }
@@ -1268,3 +1256,13 @@ mod tests {
         c.validate("test").unwrap();
     }
 }
+
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "llama",
+    model_types: &["llama", "qwen2"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(LlamaForCausalLM::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};

@@ -35,7 +35,7 @@ impl<'a> ForwardInput<'a> {
 }
 
 /// A decoder-only language model producing next-token logits.
-pub trait CausalLM {
+pub trait CausalLM: Send {
     /// Logits `[batch, len, vocab]`; with a cache, keys/values of the new positions are
     /// appended and earlier positions are read from it.
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor>;

@@ -133,20 +133,6 @@ const NOT_SAVED: &[&str] = &[
     "tie_word_embeddings",
 ];
 
-fn activation(name: &str) -> Result<fn(&Tensor) -> Tensor> {
-    Ok(match name {
-        // MindSpore's FastGeLU: x / (1 + exp(-1.702|x|)) * exp(0.851(x - |x|)) = x·σ(1.702x).
-        "fast_gelu" => |x| x * (x * 1.702).sigmoid(),
-        "gelu" => |x| x.gelu("none"),
-        "relu" => |x| x.relu(),
-        other => {
-            return Err(invalid(format!(
-                "activation '{other}' is not supported; use fast_gelu, gelu or relu"
-            )))
-        }
-    })
-}
-
 impl PanguAlphaConfig {
     /// `PanguAlphaConfig.from_pretrained(name_or_dir)`: a preset name or a directory's
     /// `config.json`.
@@ -201,7 +187,8 @@ impl PanguAlphaConfig {
                 return err(format!("{name} = {p} is not in [0, 1)"));
             }
         }
-        activation(&self.hidden_act).map_err(|e| MfError::config(origin, e.to_string()))?;
+        crate::layers::Activation::from_name(&self.hidden_act)
+            .map_err(|e| MfError::config(origin, e.to_string()))?;
         Ok(())
     }
 
@@ -308,7 +295,7 @@ pub struct PanguAlphaHeadModel {
     top_query_layer: Layer,
     heads: i64,
     head_dim: i64,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
 }
 
 impl std::fmt::Debug for PanguAlphaHeadModel {
@@ -370,7 +357,7 @@ impl PanguAlphaHeadModel {
         );
         let top_query_layer = Layer::new(&(&bb / "top_query_layer"), config, tp)?;
         Ok(PanguAlphaHeadModel {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: heads.q_heads as i64,
             head_dim: (config.hidden_size / config.num_heads) as i64,
             config: config.clone(),
@@ -456,7 +443,7 @@ impl PanguAlphaHeadModel {
         let ln = l.layernorm2.forward(&x);
         let m = l
             .projection
-            .forward_t(&(self.act)(&l.mapping.forward_t(&ln, train)), train)
+            .forward_t(&self.act.forward(&l.mapping.forward_t(&ln, train)), train)
             .dropout(c.hidden_dropout_rate, train);
         let residual = if c.post_layernorm_residual { &ln } else { &x };
         Ok(residual + m)
@@ -647,7 +634,7 @@ pub struct PanguAlphaStage {
     layernorm: Option<LayerNorm>,
     heads: i64,
     head_dim: i64,
-    act: fn(&Tensor) -> Tensor,
+    act: crate::layers::Activation,
 }
 
 impl PanguAlphaStage {
@@ -709,7 +696,7 @@ impl PanguAlphaStage {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(PanguAlphaStage {
-            act: activation(&config.hidden_act)?,
+            act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: heads.q_heads as i64,
             head_dim: (config.hidden_size / config.num_heads) as i64,
             config: config.clone(),
@@ -856,7 +843,7 @@ impl crate::parallel::ParallelLM for PanguAlphaStage {
                 Ok(l.attn_projection.forward_partial(&attn))
             }
             crate::parallel::Sublayer::Mlp => {
-                let m = (self.act)(&l.mapping.forward_t(h, true));
+                let m = self.act.forward(&l.mapping.forward_t(h, true));
                 Ok(l.projection.forward_partial(&m))
             }
         }
@@ -938,10 +925,23 @@ mod tests {
         let x = Tensor::from_slice(&[-3.0f32, -0.5, 0.0, 0.7, 2.5]);
         let ax = x.abs();
         let ms = &x / ((&ax * -1.702).exp() + 1.0) * ((&x - &ax) * 0.851).exp();
-        let d = (activation("fast_gelu").unwrap()(&x) - ms)
+        let d = (crate::layers::Activation::from_name("fast_gelu")
+            .unwrap()
+            .forward(&x)
+            - ms)
             .abs()
             .max()
             .double_value(&[]);
         assert!(d < 1e-6, "{d}");
     }
 }
+
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "pangualpha",
+    model_types: &["pangualpha"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(PanguAlphaHeadModel::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};

@@ -130,3 +130,23 @@ impl TextGenerationPipeline {
             .collect()
     }
 }
+
+impl crate::task::Pipeline for TextGenerationPipeline {
+    fn task(&self) -> &'static str {
+        "text_generation"
+    }
+
+    fn run(
+        &self,
+        inputs: &[crate::task::PipelineInput],
+        opts: &crate::task::CallOptions,
+    ) -> Result<Vec<serde_json::Value>> {
+        opts.reject("text_generation", &[])?;
+        let prompts = inputs
+            .iter()
+            .map(|i| i.text("text_generation"))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.call_batch(&prompts, &opts.generation, None)?;
+        out.iter().map(|o| Ok(serde_json::to_value(o)?)).collect()
+    }
+}

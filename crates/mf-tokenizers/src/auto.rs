@@ -22,7 +22,23 @@ pub(crate) fn check_known_gpt2(name: &str) -> Result<()> {
 /// A tokenizer directory in the model cache (`$MF_HOME/<name>`), if one is there.
 fn cached_dir(name: &str) -> Option<std::path::PathBuf> {
     let dir = mf_core::hub::ModelHub::from_env().mf_home.join(name);
-    (dir.join("tokenizer.json").is_file() || dir.join("vocab.json").is_file()).then_some(dir)
+    has_tokenizer_files(&dir).then_some(dir)
+}
+
+fn has_tokenizer_files(dir: &Path) -> bool {
+    dir.join("tokenizer.json").is_file()
+        || dir.join("vocab.json").is_file()
+        || dir.join("vocab.txt").is_file()
+}
+
+/// A hub name's (`org/name`) snapshot in the Hugging Face cache, if it holds tokenizer files.
+fn hub_snapshot(name: &str) -> Option<std::path::PathBuf> {
+    if name.split('/').count() != 2 {
+        return None;
+    }
+    let hub = mf_core::hub::ModelHub::from_env();
+    let dir = hub.cached_snapshot(name)?;
+    has_tokenizer_files(&dir).then_some(dir)
 }
 
 /// Picks the tokenizer class from a preset name or a directory's files.
@@ -41,13 +57,19 @@ impl AutoTokenizer {
         if let Some(dir) = cached_dir(name_or_dir) {
             return Tokenizer::from_dir(dir);
         }
+        if crate::bert::BERT_UNCASED_NAMES.contains(&name_or_dir) {
+            return crate::bert::BertTokenizer::bundled_uncased();
+        }
+        if let Some(dir) = hub_snapshot(name_or_dir) {
+            return Tokenizer::from_dir(dir);
+        }
         if name_or_dir.contains('/') || name_or_dir.starts_with('.') {
             return Err(MfError::NotFound(format!(
                 "tokenizer directory '{name_or_dir}' does not exist"
             )));
         }
-        // Only GPT-2's tokenizer ships with the crate; other families' tokenizers come from
-        // their model directory.
+        // Only GPT-2's and bert-base-uncased's tokenizers ship with the crate; other
+        // families' tokenizers come from their model directory.
         let home = mf_core::hub::ModelHub::from_env().mf_home.join(name_or_dir);
         Err(MfError::NotFound(format!(
             "{}; other models' tokenizers load from a directory with tokenizer.json: pass it, or put it in {}",

@@ -29,6 +29,16 @@ pub struct Encoding<'a> {
 }
 
 impl BatchEncoding {
+    /// The ids, segments and masks of tokenized rows, as a batch.
+    pub fn from_rows(rows: &[crate::tokenizer::EncodedRow]) -> Self {
+        BatchEncoding {
+            input_ids: rows.iter().map(|r| r.input_ids.clone()).collect(),
+            token_type_ids: rows.iter().map(|r| r.token_type_ids.clone()).collect(),
+            attention_mask: rows.iter().map(|r| r.attention_mask.clone()).collect(),
+            batched: true,
+        }
+    }
+
     /// Number of texts.
     pub fn len(&self) -> usize {
         self.input_ids.len()
@@ -56,6 +66,11 @@ impl BatchEncoding {
     /// The attention mask as an int64 tensor `[batch, len]`.
     pub fn attention_mask_tensor(&self) -> mf_core::Result<tch::Tensor> {
         rows_to_tensor(&self.attention_mask, "attention_mask")
+    }
+
+    /// The segment ids as an int64 tensor `[batch, len]`.
+    pub fn token_type_ids_tensor(&self) -> mf_core::Result<tch::Tensor> {
+        rows_to_tensor(&self.token_type_ids, "token_type_ids")
     }
 }
 

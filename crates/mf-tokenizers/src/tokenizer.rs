@@ -69,6 +69,15 @@ pub struct Tokenizer {
     pub pad_token: Option<String>,
     /// Unknown-token, if any.
     pub unk_token: Option<String>,
+    /// Classifier token that starts a sequence (`[CLS]`), if any.
+    pub cls_token: Option<String>,
+    /// Separator token (`[SEP]`), if any.
+    pub sep_token: Option<String>,
+    /// Mask token of masked-LM models (`[MASK]`), if any.
+    pub mask_token: Option<String>,
+    /// Special tokens come from `tokenizer.json`'s post-processor (BERT's `[CLS] $A [SEP]`
+    /// template) instead of `add_bos_token` / `add_eos_token`.
+    pub post_processor_adds: bool,
     /// Prepend `bos_token` when encoding.
     pub add_bos_token: bool,
     /// Append `eos_token` when encoding.
@@ -102,6 +111,15 @@ struct TokenizerConfigFile {
     pad_token: Option<String>,
     #[serde(default, deserialize_with = "token_field")]
     unk_token: Option<String>,
+    #[serde(default, deserialize_with = "token_field")]
+    cls_token: Option<String>,
+    #[serde(default, deserialize_with = "token_field")]
+    sep_token: Option<String>,
+    #[serde(default, deserialize_with = "token_field")]
+    mask_token: Option<String>,
+    do_lower_case: Option<bool>,
+    strip_accents: Option<bool>,
+    tokenize_chinese_chars: Option<bool>,
     add_bos_token: Option<bool>,
     add_eos_token: Option<bool>,
     padding_side: Option<String>,
@@ -133,6 +151,10 @@ impl Tokenizer {
             eos_token: None,
             pad_token: None,
             unk_token: None,
+            cls_token: None,
+            sep_token: None,
+            mask_token: None,
+            post_processor_adds: false,
             add_bos_token: false,
             add_eos_token: false,
             padding_side: PaddingSide::Right,
@@ -146,15 +168,28 @@ impl Tokenizer {
         let dir = dir.as_ref();
         let mut tok = if dir.join("tokenizer.json").is_file() {
             let path = dir.join("tokenizer.json");
-            let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            let mut inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
                 MfError::Tokenizer(format!("{}: malformed tokenizer.json: {e}", path.display()))
             })?;
-            Tokenizer::new(inner)
+            // transformers sets padding and truncation per call (none unless asked), whatever
+            // tokenizer.json was saved with.
+            inner.with_padding(None);
+            inner
+                .with_truncation(None)
+                .map_err(|e| MfError::Tokenizer(e.to_string()))?;
+            let mut t = Tokenizer::new(inner);
+            t.post_processor_adds = t.inner.get_post_processor().is_some_and(|p| {
+                use tokenizers::PostProcessor;
+                p.added_tokens(false) > 0
+            });
+            t
+        } else if dir.join("vocab.txt").is_file() {
+            crate::bert::BertTokenizer::from_vocab(dir.join("vocab.txt"), true)?
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             crate::gpt2::GPT2Tokenizer::from_files(dir.join("vocab.json"), dir.join("merges.txt"))?
         } else {
             return Err(MfError::NotFound(format!(
-                "{}: no tokenizer.json (or vocab.json + merges.txt) in this directory",
+                "{}: no tokenizer.json (or vocab.json + merges.txt, or a WordPiece vocab.txt) in this directory",
                 dir.display()
             )));
         };
@@ -183,6 +218,21 @@ impl Tokenizer {
         if cfg.unk_token.is_some() {
             self.unk_token = cfg.unk_token;
         }
+        if cfg.cls_token.is_some() {
+            self.cls_token = cfg.cls_token;
+        }
+        if cfg.sep_token.is_some() {
+            self.sep_token = cfg.sep_token;
+        }
+        if cfg.mask_token.is_some() {
+            self.mask_token = cfg.mask_token;
+        }
+        crate::bert::apply_normalizer_options(
+            &mut self.inner,
+            cfg.do_lower_case,
+            cfg.strip_accents,
+            cfg.tokenize_chinese_chars,
+        );
         if let Some(b) = cfg.add_bos_token {
             self.add_bos_token = b;
         }
@@ -206,6 +256,9 @@ impl Tokenizer {
             &self.eos_token,
             &self.pad_token,
             &self.unk_token,
+            &self.cls_token,
+            &self.sep_token,
+            &self.mask_token,
         ]
         .into_iter()
         .flatten()
@@ -249,6 +302,40 @@ impl Tokenizer {
         self.special_id(&self.pad_token)
     }
 
+    /// Id of the mask token.
+    pub fn mask_token_id(&self) -> Option<u32> {
+        self.special_id(&self.mask_token)
+    }
+
+    /// Id of the classifier token.
+    pub fn cls_token_id(&self) -> Option<u32> {
+        self.special_id(&self.cls_token)
+    }
+
+    /// Id of the separator token.
+    pub fn sep_token_id(&self) -> Option<u32> {
+        self.special_id(&self.sep_token)
+    }
+
+    /// Ids of every special token (for `skip_special_tokens` and label masking).
+    pub fn all_special_ids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = [
+            &self.bos_token,
+            &self.eos_token,
+            &self.pad_token,
+            &self.unk_token,
+            &self.cls_token,
+            &self.sep_token,
+            &self.mask_token,
+        ]
+        .into_iter()
+        .filter_map(|t| self.special_id(t))
+        .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Sets the special tokens, registering them so they are never split.
     pub fn set_special_tokens(
         &mut self,
@@ -290,6 +377,31 @@ impl Tokenizer {
         texts: &[S],
         opts: &EncodeOptions,
     ) -> Result<BatchEncoding> {
+        let inputs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_ref(), None)).collect();
+        Ok(BatchEncoding::from_rows(&self.encode_rows(&inputs, opts)?))
+    }
+
+    /// Tokenizes sentence pairs (`tokenizer(text, text_pair)`): segment B gets
+    /// `token_type_ids` 1 where the model's template says so.
+    pub fn encode_pairs<S: AsRef<str>>(
+        &self,
+        pairs: &[(S, S)],
+        opts: &EncodeOptions,
+    ) -> Result<BatchEncoding> {
+        let inputs: Vec<(&str, Option<&str>)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_ref(), Some(b.as_ref())))
+            .collect();
+        Ok(BatchEncoding::from_rows(&self.encode_rows(&inputs, opts)?))
+    }
+
+    /// Tokenizes texts or pairs keeping what pipelines and collators need per token:
+    /// character offsets, word ids, sequence ids and the special-token mask.
+    pub fn encode_rows(
+        &self,
+        inputs: &[(&str, Option<&str>)],
+        opts: &EncodeOptions,
+    ) -> Result<Vec<EncodedRow>> {
         let max_length = opts.max_length.unwrap_or(self.model_max_length);
         if max_length == 0 {
             return Err(invalid("max_length must be at least 1"));
@@ -300,68 +412,81 @@ impl Tokenizer {
             ));
         }
         let side = opts.padding_side.unwrap_or(self.padding_side);
-        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encs = self
-            .inner
-            .encode_batch_fast(inputs, false)
-            .map_err(|e| MfError::Tokenizer(e.to_string()))?;
-        let mut rows: Vec<Vec<u32>> = Vec::with_capacity(encs.len());
-        for enc in &encs {
-            let mut ids = Vec::with_capacity(enc.len() + 2);
-            if !opts.skip_special_tokens_insertion && self.add_bos_token {
-                ids.push(self.bos_token_id().ok_or_else(|| {
-                    invalid("add_bos_token is set but bos_token is not in the vocabulary")
-                })?);
+        let specials = !opts.skip_special_tokens_insertion;
+        let mut rows = Vec::with_capacity(inputs.len());
+        for (a, b) in inputs {
+            let enc = |t: &str| {
+                self.inner
+                    .encode_char_offsets(t, false)
+                    .map_err(|e| MfError::Tokenizer(e.to_string()))
+            };
+            let mut ea = enc(a)?;
+            let mut eb = b.map(enc).transpose()?;
+            let added = if specials && self.post_processor_adds {
+                use tokenizers::PostProcessor;
+                self.inner
+                    .get_post_processor()
+                    .map_or(0, |p| p.added_tokens(eb.is_some()))
+            } else {
+                (specials && self.add_bos_token) as usize
+                    + (specials && self.add_eos_token) as usize
+            };
+            if opts.truncation {
+                let budget = max_length.saturating_sub(added);
+                truncate_longest_first(&mut ea, eb.as_mut(), budget, side);
             }
-            ids.extend_from_slice(enc.get_ids());
-            if !opts.skip_special_tokens_insertion && self.add_eos_token {
-                ids.push(self.eos_token_id().ok_or_else(|| {
-                    invalid("add_eos_token is set but eos_token is not in the vocabulary")
-                })?);
-            }
-            if opts.truncation && ids.len() > max_length {
-                match side {
-                    PaddingSide::Right => ids.truncate(max_length),
-                    PaddingSide::Left => {
-                        ids.drain(..ids.len() - max_length);
-                    }
+            let row = if specials && self.post_processor_adds {
+                let e = self
+                    .inner
+                    .post_process(ea, eb, true)
+                    .map_err(|e| MfError::Tokenizer(e.to_string()))?;
+                EncodedRow::from_encoding(&e)
+            } else {
+                let mut row = EncodedRow::from_encoding(&ea);
+                if let Some(eb) = &eb {
+                    let mut r = EncodedRow::from_encoding(eb);
+                    r.sequence_ids.iter_mut().for_each(|s| *s = Some(1));
+                    r.token_type_ids.iter_mut().for_each(|t| *t = 1);
+                    row.append(r);
                 }
-            }
-            rows.push(ids);
+                if specials && self.add_bos_token {
+                    let id = self.bos_token_id().ok_or_else(|| {
+                        invalid("add_bos_token is set but bos_token is not in the vocabulary")
+                    })?;
+                    row.insert_special(0, id);
+                }
+                if specials && self.add_eos_token {
+                    let id = self.eos_token_id().ok_or_else(|| {
+                        invalid("add_eos_token is set but eos_token is not in the vocabulary")
+                    })?;
+                    let n = row.input_ids.len();
+                    row.insert_special(n, id);
+                }
+                if opts.truncation && row.input_ids.len() > max_length {
+                    row.truncate(max_length, side);
+                }
+                row
+            };
+            rows.push(row);
         }
         let target = match opts.padding {
             Padding::None => None,
-            Padding::Longest => Some(rows.iter().map(|r| r.len()).max().unwrap_or(0)),
+            Padding::Longest => Some(rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0)),
             Padding::MaxLength => {
-                Some(max_length.max(rows.iter().map(|r| r.len()).max().unwrap_or(0)))
+                Some(max_length.max(rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0)))
             }
         };
-        let mut masks: Vec<Vec<u32>> = rows.iter().map(|r| vec![1; r.len()]).collect();
         if let Some(target) = target {
-            let pad = self.pad_token_id().ok_or_else(|| {
-                invalid("padding requested but the tokenizer has no pad_token; set one with set_special_tokens")
-            })?;
-            for (ids, mask) in rows.iter_mut().zip(masks.iter_mut()) {
-                let n = target - ids.len();
-                match side {
-                    PaddingSide::Right => {
-                        ids.extend(std::iter::repeat_n(pad, n));
-                        mask.extend(std::iter::repeat_n(0, n));
-                    }
-                    PaddingSide::Left => {
-                        ids.splice(0..0, std::iter::repeat_n(pad, n));
-                        mask.splice(0..0, std::iter::repeat_n(0, n));
-                    }
+            if rows.iter().any(|r| r.input_ids.len() < target) {
+                let pad = self.pad_token_id().ok_or_else(|| {
+                    invalid("padding requested but the tokenizer has no pad_token; set one with set_special_tokens")
+                })?;
+                for row in &mut rows {
+                    row.pad(target, pad, side);
                 }
             }
         }
-        let token_type_ids = rows.iter().map(|r| vec![0; r.len()]).collect();
-        Ok(BatchEncoding {
-            input_ids: rows,
-            token_type_ids,
-            attention_mask: masks,
-            batched: true,
-        })
+        Ok(rows)
     }
 
     /// Turns ids back into text.
@@ -369,6 +494,18 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| MfError::Tokenizer(e.to_string()))
+    }
+
+    /// Joins token strings as the tokenizer's decoder does (`##` pieces glued to the word
+    /// before them for WordPiece), transformers' `convert_tokens_to_string`.
+    pub fn convert_tokens_to_string(&self, tokens: &[String]) -> Result<String> {
+        use tokenizers::Decoder;
+        match self.inner.get_decoder() {
+            Some(d) => d
+                .decode(tokens.to_vec())
+                .map_err(|e| MfError::Tokenizer(e.to_string())),
+            None => Ok(tokens.join(" ")),
+        }
     }
 
     /// Decodes every row.
@@ -401,6 +538,9 @@ impl Tokenizer {
             ("eos_token", &self.eos_token),
             ("pad_token", &self.pad_token),
             ("unk_token", &self.unk_token),
+            ("cls_token", &self.cls_token),
+            ("sep_token", &self.sep_token),
+            ("mask_token", &self.mask_token),
         ] {
             if let Some(v) = v {
                 cfg[k] = serde_json::Value::String(v.clone());
@@ -415,5 +555,136 @@ impl Tokenizer {
             serde_json::to_string_pretty(&cfg).expect("json value serializes"),
         )
         .map_err(|e| MfError::io(&path, e))
+    }
+}
+
+/// HF's `longest_first` truncation: drop tokens from the longer segment until both fit.
+fn truncate_longest_first(
+    a: &mut tokenizers::Encoding,
+    b: Option<&mut tokenizers::Encoding>,
+    budget: usize,
+    side: PaddingSide,
+) {
+    let dir = match side {
+        PaddingSide::Right => tokenizers::TruncationDirection::Right,
+        PaddingSide::Left => tokenizers::TruncationDirection::Left,
+    };
+    match b {
+        None => a.truncate(budget, 0, dir),
+        Some(b) => {
+            let (mut la, mut lb) = (a.len(), b.len());
+            while la + lb > budget {
+                if la > lb {
+                    la -= 1;
+                } else {
+                    lb -= 1;
+                }
+            }
+            a.truncate(la, 0, dir);
+            b.truncate(lb, 0, dir);
+        }
+    }
+}
+
+/// One tokenized text (or pair) with per-token details.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncodedRow {
+    /// Token ids.
+    pub input_ids: Vec<u32>,
+    /// Segment ids.
+    pub token_type_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+    /// `(start, end)` character offsets into the text the token came from; `(0, 0)` for
+    /// special tokens and padding.
+    pub offsets: Vec<(usize, usize)>,
+    /// Index of the word (pre-tokenizer piece) each token belongs to.
+    pub word_ids: Vec<Option<u32>>,
+    /// Which input (0 = text, 1 = text_pair) each token came from; `None` for specials.
+    pub sequence_ids: Vec<Option<usize>>,
+    /// 1 for special tokens (and padding).
+    pub special_tokens_mask: Vec<u32>,
+    /// Token strings.
+    pub tokens: Vec<String>,
+}
+
+impl EncodedRow {
+    fn from_encoding(e: &tokenizers::Encoding) -> Self {
+        EncodedRow {
+            input_ids: e.get_ids().to_vec(),
+            token_type_ids: e.get_type_ids().to_vec(),
+            attention_mask: vec![1; e.len()],
+            offsets: e.get_offsets().to_vec(),
+            word_ids: e.get_word_ids().to_vec(),
+            sequence_ids: e.get_sequence_ids(),
+            special_tokens_mask: e.get_special_tokens_mask().to_vec(),
+            tokens: e.get_tokens().to_vec(),
+        }
+    }
+
+    fn append(&mut self, o: EncodedRow) {
+        self.input_ids.extend(o.input_ids);
+        self.token_type_ids.extend(o.token_type_ids);
+        self.attention_mask.extend(o.attention_mask);
+        self.offsets.extend(o.offsets);
+        self.word_ids.extend(o.word_ids);
+        self.sequence_ids.extend(o.sequence_ids);
+        self.special_tokens_mask.extend(o.special_tokens_mask);
+        self.tokens.extend(o.tokens);
+    }
+
+    fn insert_special(&mut self, at: usize, id: u32) {
+        self.input_ids.insert(at, id);
+        let tt = if at == 0 {
+            0
+        } else {
+            *self.token_type_ids.last().unwrap_or(&0)
+        };
+        self.token_type_ids.insert(at, tt);
+        self.attention_mask.insert(at, 1);
+        self.offsets.insert(at, (0, 0));
+        self.word_ids.insert(at, None);
+        self.sequence_ids.insert(at, None);
+        self.special_tokens_mask.insert(at, 1);
+        self.tokens.insert(at, String::new());
+    }
+
+    fn truncate(&mut self, n: usize, side: PaddingSide) {
+        fn cut<T>(v: &mut Vec<T>, n: usize, side: PaddingSide) {
+            match side {
+                PaddingSide::Right => v.truncate(n),
+                PaddingSide::Left => {
+                    v.drain(..v.len() - n);
+                }
+            }
+        }
+        cut(&mut self.input_ids, n, side);
+        cut(&mut self.token_type_ids, n, side);
+        cut(&mut self.attention_mask, n, side);
+        cut(&mut self.offsets, n, side);
+        cut(&mut self.word_ids, n, side);
+        cut(&mut self.sequence_ids, n, side);
+        cut(&mut self.special_tokens_mask, n, side);
+        cut(&mut self.tokens, n, side);
+    }
+
+    fn pad(&mut self, target: usize, pad: u32, side: PaddingSide) {
+        let n = target.saturating_sub(self.input_ids.len());
+        fn put<T: Clone>(v: &mut Vec<T>, n: usize, x: T, side: PaddingSide) {
+            match side {
+                PaddingSide::Right => v.extend(std::iter::repeat_n(x, n)),
+                PaddingSide::Left => {
+                    v.splice(0..0, std::iter::repeat_n(x, n));
+                }
+            }
+        }
+        put(&mut self.input_ids, n, pad, side);
+        put(&mut self.token_type_ids, n, 0, side);
+        put(&mut self.attention_mask, n, 0, side);
+        put(&mut self.offsets, n, (0, 0), side);
+        put(&mut self.word_ids, n, None, side);
+        put(&mut self.sequence_ids, n, None, side);
+        put(&mut self.special_tokens_mask, n, 1, side);
+        put(&mut self.tokens, n, String::new(), side);
     }
 }

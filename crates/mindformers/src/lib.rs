@@ -4,7 +4,10 @@
 //! - Models: [`GPT2Config`], [`GPT2LMHeadModel`], [`LlamaConfig`], [`LlamaForCausalLM`],
 //!   [`BloomConfig`], [`BloomForCausalLM`], [`GlmConfig`], [`GlmForCausalLM`],
 //!   [`PanguAlphaConfig`], [`PanguAlphaHeadModel`], generation with [`GenerationConfig`]
-//! - Pipelines: [`pipeline`]`("text_generation")`
+//! - Encoders: [`BertConfig`], [`BertModel`], [`BertForMaskedLM`], ... with RoBERTa and
+//!   XLM-RoBERTa, loaded by `AutoModelFor<Task>`
+//! - Pipelines: [`pipeline`]`("text_generation")`, and `build_task()` for fill_mask,
+//!   text_classification, token_classification, question_answering, feature_extraction
 //! - Training: [`Trainer`], [`TrainingArguments`], [`GeneratorDataset`]
 //! - Environment: [`init_context`] with [`ContextConfig`] and [`ParallelContextConfig`];
 //!   [`launch()`] starts one process per rank (`mf launch`)
@@ -16,15 +19,24 @@ pub use mf_core::{
     ParallelMode, Result,
 };
 pub use mf_models::{
-    self as models, generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM,
-    ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig, GenerationOverrides, GlmConfig,
-    GlmForCausalLM, LlamaConfig, LlamaForCausalLM, LoraConfig, ModelConfig, PanguAlphaConfig,
-    PanguAlphaHeadModel, Streamer, TextStreamer,
+    self as models, generate, AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, Bert, BertConfig, BertForMaskedLM, BertForQuestionAnswering,
+    BertForSequenceClassification, BertForTokenClassification, BertModel, BloomConfig,
+    BloomForCausalLM, CausalLM, ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig,
+    GenerationOverrides, GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM, LoraConfig,
+    ModelConfig, ModelInputs, ModelOutput, PanguAlphaConfig, PanguAlphaHeadModel, PreTrainedModel,
+    Streamer, Task, TaskModel, TextStreamer,
 };
-pub use mf_pipeline::{self as pipelines, pipeline, TextGenerationOutput, TextGenerationPipeline};
+pub use mf_pipeline::{
+    self as pipelines, pipeline, AggregationStrategy, CallOptions, FeatureExtractionPipeline,
+    FillMaskPipeline, OutputFormat, Pipeline, PipelineInput, Pooling, QuestionAnsweringPipeline,
+    TextClassificationPipeline, TextGenerationOutput, TextGenerationPipeline,
+    TokenClassificationPipeline,
+};
 pub use mf_tokenizers::{
-    self as tokenizers, AutoProcessor, AutoTokenizer, BatchEncoding, EncodeOptions, GPT2Processor,
-    GPT2Tokenizer, Padding, PaddingSide, Tokenizer,
+    self as tokenizers, AutoProcessor, AutoTokenizer, BatchEncoding, BertTokenizer, EncodeOptions,
+    EncodedRow, GPT2Processor, GPT2Tokenizer, Padding, PaddingSide, Tokenizer,
 };
 
 /// Prints pipeline results exactly as MindFormers does (`[{'text_generation_text': [...]}]`).

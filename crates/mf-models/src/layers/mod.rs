@@ -1,12 +1,15 @@
 //! Building blocks shared by the model files. Linear layers are tensor-parallel aware: a
 //! column- or row-parallel linear with a world size of 1 is a plain linear.
+pub mod activation;
 pub mod attention;
 pub mod dropout;
 pub mod kv_cache;
 pub mod linear;
 pub mod norm;
+pub mod params;
 pub mod rotary;
 
+pub use activation::Activation;
 pub use attention::{
     alibi_slopes, attention_mask, causal_attention_seeded, sdpa, AttnMask, HeadShard,
 };

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mindformers::{
-    format_outputs, pipeline, AutoConfig, AutoModel, AutoTokenizer, DType, Device,
-    GenerationOverrides, ModelConfig, Streamer, TextStreamer,
+    pipeline, AutoConfig, AutoModel, AutoTokenizer, CallOptions, DType, Device,
+    GenerationOverrides, ModelConfig, PipelineInput, Streamer, TextStreamer,
 };
 
 #[derive(Parser)]
@@ -106,19 +106,56 @@ enum Cmd {
         /// Prompts.
         prompts: Vec<String>,
     },
-    /// Run a task pipeline.
+    /// Run a task pipeline (text_generation, fill_mask, text_classification,
+    /// token_classification, question_answering, feature_extraction; HF names too).
     Pipeline {
-        /// Task name (text_generation).
+        /// Task name (MindFormers' `fill_mask` or HF's `fill-mask`, `ner`, ...).
         #[arg(long)]
         task: String,
-        /// Model preset name or directory.
+        /// Model preset name, directory or hub name (org/name).
         #[arg(long)]
         model: String,
         #[command(flatten)]
         gen: GenArgs,
-        /// Print JSON instead of MindFormers' Python-style text.
+        /// Print one JSON list, one element per input, instead of Python-style text.
         #[arg(long)]
         json: bool,
+        /// Output layout: mindformers (default) or hf.
+        #[arg(long, default_value = "mindformers")]
+        format: String,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32, bf16 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// token_classification: none, simple, first, average or max.
+        #[arg(long)]
+        aggregation_strategy: Option<String>,
+        /// question_answering: a question (pairs with the --context at the same position).
+        #[arg(long)]
+        question: Vec<String>,
+        /// question_answering: the context of the --question at the same position.
+        #[arg(long)]
+        context: Vec<String>,
+        /// question_answering: overlap of the windows a long context is split into.
+        #[arg(long)]
+        doc_stride: Option<usize>,
+        /// question_answering: longest answer in tokens.
+        #[arg(long)]
+        max_answer_len: Option<usize>,
+        /// question_answering: tokens per window.
+        #[arg(long)]
+        max_seq_len: Option<usize>,
+        /// question_answering: also consider "no answer".
+        #[arg(long)]
+        handle_impossible_answer: bool,
+        /// feature_extraction: mean, cls or none.
+        #[arg(long)]
+        pooling: Option<String>,
+        /// feature_extraction: L2-normalise the pooled embedding.
+        #[arg(long)]
+        normalize: bool,
         /// Inputs.
         inputs: Vec<String>,
     },
@@ -467,17 +504,84 @@ fn run(cli: Cli) -> Result<()> {
             model,
             gen,
             json,
+            format,
+            device,
+            dtype,
+            aggregation_strategy,
+            question,
+            context,
+            doc_stride,
+            max_answer_len,
+            max_seq_len,
+            handle_impossible_answer,
+            pooling,
+            normalize,
             inputs,
         } => {
-            if inputs.is_empty() {
-                bail!("no input given: mf pipeline --task text_generation --model gpt2 \"I love Beijing, because\"");
+            let spec = mindformers::pipelines::resolve_task(&task)?;
+            if question.len() != context.len() {
+                bail!(
+                    "{} --question and {} --context given: every question needs its context",
+                    question.len(),
+                    context.len()
+                );
             }
-            let p = pipeline(&task).model(model.as_str()).build()?;
-            let outputs = p.call_batch(&inputs, &gen.overrides(), None)?;
+            let mut items: Vec<PipelineInput> = inputs
+                .iter()
+                .map(|i| PipelineInput::Text(i.clone()))
+                .collect();
+            if spec.name == "question_answering" {
+                if !inputs.is_empty() {
+                    bail!(
+                        "question_answering takes --question Q --context C pairs, not plain inputs"
+                    );
+                }
+                items = question
+                    .into_iter()
+                    .zip(context)
+                    .map(|(question, context)| PipelineInput::Qa { question, context })
+                    .collect();
+            } else if !question.is_empty() {
+                bail!("--question and --context are options of question_answering");
+            }
+            if items.is_empty() {
+                bail!(
+                    "no input given: mf pipeline --task {} --model MODEL INPUT...",
+                    spec.name
+                );
+            }
+            let generation = spec.name == "text_generation";
+            let opts = CallOptions {
+                format: format.parse()?,
+                top_k: if generation { None } else { gen.top_k },
+                aggregation_strategy: aggregation_strategy.map(|s| s.parse()).transpose()?,
+                doc_stride,
+                max_answer_len,
+                max_seq_len,
+                max_question_len: None,
+                handle_impossible_answer,
+                pooling: pooling.map(|s| s.parse()).transpose()?,
+                normalize,
+                generation: if generation {
+                    gen.overrides()
+                } else {
+                    GenerationOverrides::default()
+                },
+            };
+            let p = pipeline(spec.name)
+                .model(model.as_str())
+                .device(device.parse()?)
+                .dtype(dtype.parse()?)
+                .build_task()?;
+            let outputs = p.run(&items, &opts)?;
             if json {
-                writeln!(out, "{}", serde_json::to_string(&outputs)?)?;
+                writeln!(out, "{}", serde_json::Value::Array(outputs))?;
             } else {
-                writeln!(out, "{}", format_outputs(&outputs))?;
+                writeln!(
+                    out,
+                    "{}",
+                    mindformers::pipelines::repr::py_repr(&serde_json::Value::Array(outputs))
+                )?;
             }
         }
         Cmd::InitModel {
@@ -488,25 +592,30 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(seed);
-            let model = AutoModel::from_config(&cfg)?;
-            model.save_pretrained(&output)?;
-            match cfg {
-                ModelConfig::Gpt2(_) => {
+            let params = if let ModelConfig::Bert(_) = &cfg {
+                // An encoder preset is built with the head of its task.
+                let task = mindformers::models::auto::preset(&preset)?
+                    .task
+                    .as_deref()
+                    .and_then(mindformers::models::auto::task_of_name)
+                    .unwrap_or(mindformers::Task::MaskedLM);
+                let model = AutoModel::from_config_task(&cfg, task)?;
+                model.save_pretrained(&output)?;
+                if let Ok(t) = AutoTokenizer::from_pretrained(&preset) {
+                    t.save_pretrained(&output)?;
+                }
+                model.num_parameters()
+            } else {
+                let model = AutoModel::from_config(&cfg)?;
+                model.save_pretrained(&output)?;
+                if let ModelConfig::Gpt2(_) = cfg {
                     AutoTokenizer::from_pretrained(&preset)?.save_pretrained(&output)?
                 }
                 // No LLaMA/BLOOM/GLM/PanGu-α tokenizer is bundled; its files come with the
                 // checkpoint.
-                ModelConfig::Llama(_)
-                | ModelConfig::Bloom(_)
-                | ModelConfig::Glm(_)
-                | ModelConfig::PanguAlpha(_) => {}
-            }
-            writeln!(
-                out,
-                "wrote {} ({} parameters)",
-                output.display(),
                 model.num_parameters()
-            )?;
+            };
+            writeln!(out, "wrote {} ({params} parameters)", output.display())?;
         }
         Cmd::BenchGenerate {
             preset,
