@@ -337,8 +337,8 @@ fn bad_checkpoints_configs_and_inputs_are_named_errors() {
             "rope type 'yarn' is not supported for glm",
         ),
         (
-            Box::new(|v| v["hidden_act"] = "tanh".into()),
-            "activation 'tanh' is not supported",
+            Box::new(|v| v["hidden_act"] = "gelu_fancy".into()),
+            "activation 'gelu_fancy' is not supported",
         ),
     ];
     for (edit, want) in cases {

@@ -362,8 +362,8 @@ fn bad_checkpoints_and_configs_are_named_errors() {
             "needs low_freq_factor",
         ),
         (
-            Box::new(|v| v["hidden_act"] = "tanh".into()),
-            "activation 'tanh' is not supported",
+            Box::new(|v| v["hidden_act"] = "gelu_fancy".into()),
+            "activation 'gelu_fancy' is not supported",
         ),
         (
             Box::new(|v| v["model_type"] = "mistral".into()),

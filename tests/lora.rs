@@ -148,11 +148,16 @@ fn lora_finetune_trains_only_adapters_and_round_trips() {
 
     // PEFT layout: save, load into a fresh copy of the base, same logits; merge, same logits.
     let mut trained = t;
-    let tuned = logits(trained.model());
+    let tuned = logits(trained.model().causal().unwrap());
     assert!(max_abs_diff(&tuned, &before) > 1e-3);
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("lora_roundtrip");
     let _ = std::fs::remove_dir_all(&out_dir);
-    lora::save_adapter(trained.model_mut(), &out_dir.join("adapter"), None).unwrap();
+    lora::save_adapter(
+        trained.model_mut().causal_mut().unwrap(),
+        &out_dir.join("adapter"),
+        None,
+    )
+    .unwrap();
     let saved: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out_dir.join("adapter/adapter_config.json")).unwrap(),
     )
@@ -271,7 +276,7 @@ fn lora_preset_names_build_base_plus_adapters() {
     let dir = tempfile::tempdir().unwrap();
     let t = Trainer::new("text_generation", "gpt2_lora", args(dir.path())).unwrap();
     let mut t = t;
-    let params = lora::lora_parameters(t.model_mut());
+    let params = lora::lora_parameters(t.model_mut().causal_mut().unwrap());
     // PEFT reports 294,912 trainable parameters for GPT-2 small with r=8 on c_attn.
     assert_eq!(
         params.iter().map(|(_, p)| p.numel()).sum::<usize>(),

@@ -326,8 +326,8 @@ fn bad_checkpoints_configs_and_inputs_are_named_errors() {
             "num_layers must be at least 1",
         ),
         (
-            Box::new(|v| v["hidden_act"] = "tanh".into()),
-            "activation 'tanh' is not supported",
+            Box::new(|v| v["hidden_act"] = "gelu_fancy".into()),
+            "activation 'gelu_fancy' is not supported",
         ),
     ];
     for (edit, want) in cases {

@@ -34,6 +34,22 @@ impl Column {
         }
     }
 
+    /// The column extended to `len` elements with `value`.
+    pub fn padded(&self, len: usize, value: f64) -> Column {
+        match self {
+            Column::Int(v) => {
+                let mut v = v.clone();
+                v.resize(len.max(v.len()), value as i64);
+                Column::Int(v)
+            }
+            Column::Float(v) => {
+                let mut v = v.clone();
+                v.resize(len.max(v.len()), value as f32);
+                Column::Float(v)
+            }
+        }
+    }
+
     fn kind_name(&self) -> &'static str {
         match self {
             Column::Int(_) => "int",

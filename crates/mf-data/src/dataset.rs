@@ -291,6 +291,7 @@ impl Dataset {
             dataset: self,
             batch_size,
             drop_remainder,
+            padding: Vec::new(),
         })
     }
 }
@@ -333,9 +334,26 @@ pub struct BatchedDataset {
     dataset: Dataset,
     batch_size: usize,
     drop_remainder: bool,
+    padding: Vec<(String, f64)>,
 }
 
 impl BatchedDataset {
+    /// The data collator's padding: each named column is padded, per batch, to the longest
+    /// row of the batch with its value (`input_ids` with the pad id, `attention_mask` with
+    /// 0, `labels` with -100), so rows of different lengths batch together.
+    pub fn pad_columns(mut self, padding: &[(&str, f64)]) -> Result<Self> {
+        for (name, _) in padding {
+            if !self.dataset.columns.iter().any(|c| c == name) {
+                return Err(invalid(format!(
+                    "cannot pad column '{name}': the dataset's columns are {}",
+                    self.dataset.columns.join(", ")
+                )));
+            }
+        }
+        self.padding = padding.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        Ok(self)
+    }
+
     /// Samples per batch.
     pub fn batch_size(&self) -> usize {
         self.batch_size
@@ -378,7 +396,16 @@ impl BatchedDataset {
         let mut columns = Vec::with_capacity(self.dataset.columns.len());
         for (c, name) in self.dataset.columns.iter().enumerate() {
             let col: Vec<&Column> = records.iter().map(|r| &r[c]).collect();
-            columns.push((name.clone(), stack(&col, name, start)?));
+            let stacked = match self.padding.iter().find(|(n, _)| n == name) {
+                Some((_, value)) => {
+                    let longest = col.iter().map(|c| c.len()).max().unwrap_or(0);
+                    let padded: Vec<Column> =
+                        col.iter().map(|c| c.padded(longest, *value)).collect();
+                    stack(&padded.iter().collect::<Vec<_>>(), name, start)?
+                }
+                None => stack(&col, name, start)?,
+            };
+            columns.push((name.clone(), stacked));
         }
         Ok(Batch { columns })
     }

@@ -7,8 +7,11 @@
 pub mod column;
 pub mod corpus;
 pub mod dataset;
+pub mod nlp;
 pub mod shards;
+pub mod table;
 
 pub use column::{Column, Record};
 pub use corpus::packed_dataset;
 pub use dataset::{Batch, BatchedDataset, Dataset, GeneratorDataset, Source};
+pub use nlp::{QaWindows, TaskData};

@@ -949,6 +949,20 @@ impl TaskModel for Bert {
     fn uses_token_type_ids(&self) -> bool {
         !self.config.is_roberta()
     }
+
+    fn load_base_weights(&self, ckpt: &SafeTensors) -> Result<Vec<String>> {
+        let prefix = self.config.prefix();
+        let task = self.task;
+        let candidates = |n: &str| prefixed_candidates(n, prefix);
+        let may_miss = |n: &str| {
+            if task == Task::Base {
+                n.starts_with("pooler.")
+            } else {
+                !n.starts_with(&format!("{prefix}.")) || n.starts_with(&format!("{prefix}.pooler."))
+            }
+        };
+        self.params.load_matching(ckpt, &candidates, &may_miss)
+    }
 }
 
 macro_rules! head_class {

@@ -197,6 +197,13 @@ pub trait TaskModel: PreTrainedModel {
     fn max_positions(&self) -> usize;
     /// Vocabulary size.
     fn vocab_size(&self) -> usize;
+    /// Loads a checkpoint that may lack this model's head (a base model fine-tuned into a new
+    /// task): every tensor it has is copied, the head keeps its initialisation, and the names
+    /// of the parameters it did not have are returned (and printed as a warning).
+    fn load_base_weights(&self, ckpt: &mf_core::checkpoint::SafeTensors) -> Result<Vec<String>> {
+        self.load_weights(ckpt)?;
+        Ok(Vec::new())
+    }
     /// Whether the model reads `token_type_ids` (BERT yes, RoBERTa no).
     fn uses_token_type_ids(&self) -> bool {
         true

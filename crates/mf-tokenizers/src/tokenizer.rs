@@ -489,6 +489,80 @@ impl Tokenizer {
         Ok(rows)
     }
 
+    /// A question with a long context as windows `[CLS] q [SEP] ctx[i..i+n] [SEP]` of at most
+    /// `max_len` tokens overlapping by `stride` context tokens: transformers' `only_second`
+    /// truncation with overflowing tokens, as question answering uses it.
+    pub fn encode_windows(
+        &self,
+        question: &str,
+        context: &str,
+        max_len: usize,
+        stride: usize,
+    ) -> Result<Vec<EncodedRow>> {
+        let no_special = EncodeOptions {
+            skip_special_tokens_insertion: true,
+            ..Default::default()
+        };
+        let q_len = self
+            .encode_rows(&[(question, None)], &no_special)?
+            .remove(0)
+            .input_ids
+            .len();
+        let full = self
+            .encode_rows(&[(question, Some(context))], &EncodeOptions::default())?
+            .remove(0);
+        let added = full.input_ids.len()
+            - q_len
+            - full.sequence_ids.iter().filter(|s| **s == Some(1)).count();
+        let budget = max_len
+            .checked_sub(q_len + added)
+            .filter(|b| *b > 0)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the question takes {q_len} tokens, leaving no room for the context in \
+                     windows of {max_len}; raise max_seq_len"
+                ))
+            })?;
+        if stride >= budget {
+            return Err(invalid(format!(
+                "doc_stride {stride} must be smaller than the {budget} context tokens a window holds"
+            )));
+        }
+        // The context's tokens (word ids and offsets) once, then one window per slice.
+        let ctx_first = full
+            .sequence_ids
+            .iter()
+            .position(|s| *s == Some(1))
+            .ok_or_else(|| invalid("the context gives no tokens"))?;
+        let ctx_len = full.sequence_ids.iter().filter(|s| **s == Some(1)).count();
+        let mut windows = Vec::new();
+        let mut start = 0;
+        loop {
+            let stop = (start + budget).min(ctx_len);
+            let mut w = EncodedRow::default();
+            for i in 0..full.input_ids.len() {
+                let in_ctx = full.sequence_ids[i] == Some(1);
+                if in_ctx && !(ctx_first + start..ctx_first + stop).contains(&i) {
+                    continue;
+                }
+                w.input_ids.push(full.input_ids[i]);
+                w.token_type_ids.push(full.token_type_ids[i]);
+                w.attention_mask.push(1);
+                w.offsets.push(full.offsets[i]);
+                w.word_ids.push(full.word_ids[i]);
+                w.sequence_ids.push(full.sequence_ids[i]);
+                w.special_tokens_mask.push(full.special_tokens_mask[i]);
+                w.tokens.push(full.tokens[i].clone());
+            }
+            windows.push(w);
+            if stop == ctx_len {
+                break;
+            }
+            start += budget - stride;
+        }
+        Ok(windows)
+    }
+
     /// Turns ids back into text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use mf_core::checkpoint::save_safetensors;
 use mf_core::{MfError, Result};
-use mf_models::CausalLM;
 use serde::{Deserialize, Serialize};
 
 /// What the trainer needs to continue exactly where it stopped.
@@ -53,7 +52,7 @@ pub fn list(output_dir: &Path) -> Vec<(usize, PathBuf)> {
 /// Writes a checkpoint atomically and prunes to `keep` checkpoints.
 pub fn save(
     output_dir: &Path,
-    model: &mut dyn CausalLM,
+    model: &mut crate::model::TrainModel,
     optimizer_state: &[(String, tch::Tensor)],
     state: &TrainerState,
     keep: Option<usize>,
@@ -68,8 +67,8 @@ pub fn save(
     ));
     remove_leftovers(&root);
     model.save_pretrained(&tmp)?;
-    if mf_models::lora::has_lora(model) {
-        mf_models::lora::save_adapter(model, &tmp, None)?;
+    if model.has_lora() {
+        mf_models::lora::save_adapter(model.causal_mut()?, &tmp, None)?;
     }
     save_safetensors(tmp.join("optimizer.safetensors"), optimizer_state, None)?;
     // trainer_state.json is what marks a checkpoint complete: it is written last.

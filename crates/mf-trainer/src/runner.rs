@@ -170,7 +170,7 @@ fn load_for_inference(trainer: &mut Trainer, cfg: &RunConfig, lora: bool) -> Res
                 dir.display()
             )));
         }
-        mf_models::lora::load_adapter_weights(trainer.model_mut(), &dir)?;
+        mf_models::lora::load_adapter_weights(trainer.model_mut().causal_mut()?, &dir)?;
     }
     Ok(())
 }

@@ -1,13 +1,14 @@
-//! The `Trainer`: train / evaluate a causal LM on named-column datasets with checkpoints that
-//! resume exactly.
+//! The `Trainer`: train / evaluate a causal LM or any task head (classification, NER,
+//! question answering, masked LM) on named-column datasets, with the loss from the head and
+//! checkpoints that resume exactly.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, MfError, Result};
-use mf_data::{Batch, BatchedDataset, Dataset};
-use mf_models::{AutoConfig, AutoModel, CausalLM, ForwardInput};
+use mf_data::{Batch, BatchedDataset, Dataset, QaWindows, TaskData};
+use mf_models::{AutoConfig, AutoModel, CausalLM, ForwardInput, ModelInputs, TaskModel};
 use tch::{Kind, Tensor};
 
 use crate::amp::LossScaler;
@@ -18,11 +19,11 @@ use crate::callbacks::{
 };
 use crate::checkpoint::{self, TrainerState};
 use crate::metrics::{ComputeMetrics, EvalPrediction};
+use crate::model::TrainModel;
 use crate::optim::Optimizer;
 use crate::parallel::{EngineOptions, ParallelConfig, ParallelDriver, RecomputeConfig};
-
-/// Tasks the trainer knows (MindFormers' names).
-pub const TASKS: &[&str] = &["text_generation"];
+use crate::tasks::TrainTask;
+pub use crate::tasks::TASKS;
 
 /// A dataset handed to the trainer: already batched, or batched by the arguments' batch size.
 pub enum DatasetArg {
@@ -32,6 +33,14 @@ pub enum DatasetArg {
     Unbatched(Dataset),
     /// A directory made by `mf data prepare` (memory-mapped token shards).
     Path(PathBuf),
+    /// A tokenized task dataset (`mf_data::nlp`), padded per batch.
+    Task(TaskData),
+}
+
+impl From<TaskData> for DatasetArg {
+    fn from(d: TaskData) -> Self {
+        DatasetArg::Task(d)
+    }
 }
 
 impl From<&Path> for DatasetArg {
@@ -60,42 +69,63 @@ impl From<Dataset> for DatasetArg {
 
 /// A model handed to the trainer: an instance, or (MindFormers' `model='gpt2'`) a preset name
 /// or a directory with `config.json`, built from its config with random weights seeded by
-/// `args.seed` (load pretrained weights with `finetune`).
+/// `args.seed` and the head of the task (load pretrained weights with `finetune`).
 pub trait IntoModel {
     /// The model, built if needed.
-    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>>;
+    fn into_model(self, task: TrainTask, args: &TrainingArguments) -> Result<TrainModel>;
 }
 
 impl IntoModel for Box<dyn CausalLM> {
-    fn into_model(self, _args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
-        Ok(self)
+    fn into_model(self, _task: TrainTask, _args: &TrainingArguments) -> Result<TrainModel> {
+        Ok(TrainModel::Causal(self))
     }
 }
 
 impl<M: CausalLM + 'static> IntoModel for Box<M> {
-    fn into_model(self, _args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
-        Ok(self)
+    fn into_model(self, _task: TrainTask, _args: &TrainingArguments) -> Result<TrainModel> {
+        Ok(TrainModel::Causal(self))
+    }
+}
+
+impl IntoModel for Box<dyn TaskModel> {
+    fn into_model(self, _task: TrainTask, _args: &TrainingArguments) -> Result<TrainModel> {
+        Ok(TrainModel::Head(self))
+    }
+}
+
+impl IntoModel for mf_models::Bert {
+    fn into_model(self, _task: TrainTask, _args: &TrainingArguments) -> Result<TrainModel> {
+        Ok(TrainModel::Head(Box::new(self)))
     }
 }
 
 impl IntoModel for &str {
     /// A LoRA preset (`gpt2_lora`) builds its base model and attaches the adapters.
-    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
+    fn into_model(self, task: TrainTask, args: &TrainingArguments) -> Result<TrainModel> {
         let lora = mf_models::lora::preset(self)?;
         let base = lora.as_ref().map_or(self, |p| p.base_model.as_str());
         let config = AutoConfig::from_pretrained(base)?;
         tch::manual_seed(args.seed as i64);
+        if task != TrainTask::TextGeneration {
+            if lora.is_some() {
+                return Err(invalid("LoRA presets are for text_generation"));
+            }
+            return Ok(TrainModel::Head(AutoModel::from_config_task(
+                &config,
+                task.head(),
+            )?));
+        }
         let mut model = AutoModel::from_config(&config)?;
         if let Some(p) = lora {
             mf_models::lora::apply_lora(model.as_mut(), &p.lora)?;
         }
-        Ok(model)
+        Ok(TrainModel::Causal(model))
     }
 }
 
 impl IntoModel for String {
-    fn into_model(self, args: &TrainingArguments) -> Result<Box<dyn CausalLM>> {
-        self.as_str().into_model(args)
+    fn into_model(self, task: TrainTask, args: &TrainingArguments) -> Result<TrainModel> {
+        self.as_str().into_model(task, args)
     }
 }
 
@@ -116,8 +146,10 @@ pub struct TrainOutput {
 
 /// `Trainer(task, model, args, train_dataset, eval_dataset)`.
 pub struct Trainer {
-    task: String,
-    model: Box<dyn CausalLM>,
+    task: TrainTask,
+    model: TrainModel,
+    /// Question answering: the evaluation windows' examples and offsets.
+    eval_qa: Option<QaWindows>,
     args: TrainingArguments,
     train_dataset: Option<BatchedDataset>,
     eval_dataset: Option<BatchedDataset>,
@@ -132,14 +164,21 @@ pub struct Trainer {
     parallel_runtime: bool,
 }
 
-/// A batch's mean loss, its token count, and (on request) its logits with the labels.
-type BatchLoss = (Tensor, i64, Option<(Tensor, Tensor)>);
+/// A batch's mean loss, its weight in an average over batches, its token count (for
+/// throughput), and (on request) the causal LM's logits with the labels.
+struct BatchLoss {
+    loss: Tensor,
+    weight: i64,
+    tokens: i64,
+    kept: Option<(Tensor, Tensor)>,
+}
 
 fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<BatchedDataset> {
     match arg {
         DatasetArg::Batched(b) => Ok(b),
         DatasetArg::Unbatched(d) => d.batch(batch_size, drop_last),
         DatasetArg::Path(p) => mf_data::shards::open(&p)?.batch(batch_size, drop_last),
+        DatasetArg::Task(t) => t.batch(batch_size, drop_last),
     }
 }
 
@@ -147,14 +186,33 @@ impl Trainer {
     /// A trainer for `task` over `model` (an instance, or a preset name / config directory).
     /// Installs the default callbacks: `loss_monitor`, `checkpoint` and `evaluation`.
     pub fn new(task: &str, model: impl IntoModel, args: TrainingArguments) -> Result<Self> {
-        if !TASKS.contains(&task) {
-            return Err(MfError::unknown("task", task, TASKS));
-        }
+        let task = TrainTask::parse(task)?;
         args.validate()?;
-        let model = model.into_model(&args)?;
+        let model = model.into_model(task, &args)?;
+        match (&model, task) {
+            (TrainModel::Causal(_), TrainTask::TextGeneration) => {}
+            (TrainModel::Head(m), t) if m.task() == t.head() => {}
+            (TrainModel::Head(m), t) => {
+                return Err(invalid(format!(
+                    "{} trains a {} head, but this {} model has a {} head",
+                    t.name(),
+                    t.head(),
+                    m.model_type(),
+                    m.task()
+                )))
+            }
+            (TrainModel::Causal(_), t) => {
+                return Err(invalid(format!(
+                    "{} trains a {} head, not a causal LM; build the model with that head",
+                    t.name(),
+                    t.head()
+                )))
+            }
+        }
         Ok(Trainer {
-            task: task.to_string(),
+            task,
             model,
+            eval_qa: None,
             args,
             train_dataset: None,
             eval_dataset: None,
@@ -184,7 +242,7 @@ impl Trainer {
     /// Attaches LoRA adapters (MindFormers' `pet_method='lora'`): the base weights freeze and
     /// only the adapters train; checkpoints also hold them in PEFT's layout.
     pub fn lora(mut self, config: &mf_models::LoraConfig) -> Result<Self> {
-        mf_models::lora::apply_lora(self.model.as_mut(), config)?;
+        mf_models::lora::apply_lora(self.model.causal_mut()?, config)?;
         Ok(self)
     }
 
@@ -244,7 +302,14 @@ impl Trainer {
     /// HF-format directory, or a preset name whose weights come from the cache / hub.
     pub fn finetune(&mut self, checkpoint: impl AsRef<Path>) -> Result<TrainOutput> {
         let dir = mf_models::auto::resolve_model_dir(&checkpoint.as_ref().to_string_lossy())?;
-        self.model.load_weights(&SafeTensors::open(&dir)?)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        match &self.model {
+            // A base checkpoint in a new head: the head keeps its fresh initialisation.
+            TrainModel::Head(m) => {
+                m.load_base_weights(&ckpt)?;
+            }
+            TrainModel::Causal(m) => m.load_weights(&ckpt)?,
+        }
         self.train()
     }
 
@@ -257,7 +322,8 @@ impl Trainer {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             invalid("predict needs a tokenizer: Trainer::new(...)?.tokenizer(tok)")
         })?;
-        let mut cfg = self.model.generation_config().with(options);
+        let model = self.model.causal()?;
+        let mut cfg = model.generation_config().with(options);
         if let Some(eos) = tok.eos_token_id() {
             if cfg.eos_token_id.is_empty() {
                 cfg.eos_token_id = vec![eos];
@@ -267,7 +333,7 @@ impl Trainer {
             .iter()
             .map(|t| tok.encode_ids(t.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let out = mf_models::generate(self.model.as_ref(), &prompts, &cfg, None)?;
+        let out = mf_models::generate(model, &prompts, &cfg, None)?;
         out.iter().map(|ids| tok.decode(ids, true)).collect()
     }
 
@@ -283,11 +349,11 @@ impl Trainer {
 
     /// Sets the evaluation data.
     pub fn eval_dataset(mut self, d: impl Into<DatasetArg>) -> Result<Self> {
-        self.eval_dataset = Some(batched(
-            d.into(),
-            self.args.per_device_eval_batch_size,
-            false,
-        )?);
+        let d = d.into();
+        if let DatasetArg::Task(t) = &d {
+            self.eval_qa = t.qa.clone();
+        }
+        self.eval_dataset = Some(batched(d, self.args.per_device_eval_batch_size, false)?);
         Ok(self)
     }
 
@@ -304,13 +370,13 @@ impl Trainer {
     }
 
     /// The model being trained.
-    pub fn model(&self) -> &dyn CausalLM {
-        self.model.as_ref()
+    pub fn model(&self) -> &TrainModel {
+        &self.model
     }
 
     /// The model being trained, mutably (to load weights before training).
-    pub fn model_mut(&mut self) -> &mut dyn CausalLM {
-        self.model.as_mut()
+    pub fn model_mut(&mut self) -> &mut TrainModel {
+        &mut self.model
     }
 
     /// The arguments.
@@ -318,28 +384,72 @@ impl Trainer {
         &self.args
     }
 
-    /// The task name.
+    /// The task name (MindFormers' spelling).
     pub fn task(&self) -> &str {
-        &self.task
+        self.task.name()
     }
 
-    /// Next-token cross-entropy of a batch (`input_ids` of `seq_length + 1` tokens), the token
-    /// count, and (when `keep_logits`) the logits with the labels.
+    /// The batch's loss: next-token cross-entropy for a causal LM (over `labels` when the
+    /// dataset has them, `-100` ignored: the masked prompt of supervised fine-tuning; else
+    /// over `input_ids` of `seq_length + 1` tokens), the head's own loss otherwise.
     fn loss(&self, batch: &Batch, train: bool, keep_logits: bool) -> Result<BatchLoss> {
+        let m = match &self.model {
+            TrainModel::Causal(m) => m.as_ref(),
+            TrainModel::Head(h) => return self.head_loss(h.as_ref(), batch, train),
+        };
         let ids = batch.get("input_ids")?;
         let (b, l) = ids
             .size2()
             .map_err(|_| invalid("input_ids must be [batch, len]"))?;
+        let dev = m.device();
+        let ids = ids.to_kind(Kind::Int64).to_device(dev);
+        let has_labels = batch.columns.iter().any(|(n, _)| n == "labels");
+        if has_labels {
+            let labels = batch.get("labels")?.to_kind(Kind::Int64).to_device(dev);
+            if labels.size() != ids.size() {
+                return Err(invalid(format!(
+                    "labels are {:?} but input_ids {:?}: a text_generation labels column holds one id (or -100) per input token",
+                    labels.size(),
+                    ids.size()
+                )));
+            }
+            let mask = batch
+                .columns
+                .iter()
+                .find(|(n, _)| n == "attention_mask")
+                .map(|(_, t)| t.to_kind(Kind::Int64).to_device(dev));
+            let logits = m.forward(
+                &ForwardInput {
+                    input_ids: Some(&ids),
+                    attention_mask: mask.as_ref(),
+                    train,
+                    ..Default::default()
+                },
+                None,
+            )?;
+            let loss = mf_models::task::causal_lm_loss(&logits, &labels)?;
+            let counted = labels
+                .narrow(1, 1, l - 1)
+                .ne(-100)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
+            let kept =
+                keep_logits.then(|| (logits.narrow(1, 0, l - 1), labels.narrow(1, 1, l - 1)));
+            return Ok(BatchLoss {
+                loss,
+                weight: counted,
+                tokens: b * l,
+                kept,
+            });
+        }
         if l < 2 {
             return Err(invalid(
                 "input_ids rows need at least 2 tokens (seq_length + 1)",
             ));
         }
-        let dev = self.model.device();
-        let ids = ids.to_kind(Kind::Int64).to_device(dev);
         let inputs = ids.narrow(1, 0, l - 1);
         let labels = ids.narrow(1, 1, l - 1);
-        let logits = self.model.forward(
+        let logits = m.forward(
             &ForwardInput {
                 input_ids: Some(&inputs),
                 train,
@@ -353,7 +463,121 @@ impl Trainer {
             .to_kind(Kind::Float)
             .cross_entropy_for_logits(&labels.reshape([-1]));
         let kept = keep_logits.then_some((logits, labels));
-        Ok((loss, b * (l - 1), kept))
+        Ok(BatchLoss {
+            loss,
+            weight: b * (l - 1),
+            tokens: b * (l - 1),
+            kept,
+        })
+    }
+
+    /// The inputs a head reads from a batch (masked-LM masking drawn here).
+    fn head_inputs(&self, m: &dyn TaskModel, batch: &Batch) -> Result<Vec<(&'static str, Tensor)>> {
+        let dev = m.device();
+        let col = |n: &str| -> Option<Tensor> {
+            batch
+                .columns
+                .iter()
+                .find(|(c, _)| c == n)
+                .map(|(_, t)| t.to_device(dev))
+        };
+        let mut v = Vec::new();
+        let ids = col("input_ids").ok_or_else(|| invalid("the dataset has no input_ids column"))?;
+        if self.task == TrainTask::FillMask {
+            let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                invalid(
+                    "fill_mask training needs the tokenizer for its mask token: .tokenizer(tok)",
+                )
+            })?;
+            let mask_id = tok
+                .mask_token_id()
+                .ok_or_else(|| invalid("the tokenizer has no mask token"))?;
+            let special = col("special_tokens_mask").ok_or_else(|| {
+                invalid(
+                    "fill_mask data needs a special_tokens_mask column (mf_data::nlp::masked_lm)",
+                )
+            })?;
+            let (masked, labels) = crate::tasks::mask_tokens(
+                &ids,
+                &special,
+                mask_id as i64,
+                m.vocab_size() as i64,
+                0.15,
+            )?;
+            v.push(("input_ids", masked));
+            v.push(("labels", labels));
+        } else {
+            v.push(("input_ids", ids));
+            for n in ["labels", "start_positions", "end_positions"] {
+                if let Some(t) = col(n) {
+                    // One-element label columns are per-sample: [batch, 1] -> [batch].
+                    let t = if t.dim() == 2 && t.size()[1] == 1 && n != "labels"
+                        || (n == "labels"
+                            && self.task == TrainTask::TextClassification
+                            && t.kind() == Kind::Int64)
+                    {
+                        t.reshape([-1])
+                    } else {
+                        t
+                    };
+                    v.push((n, t));
+                }
+            }
+        }
+        for n in ["attention_mask", "token_type_ids"] {
+            if n == "token_type_ids" && !m.uses_token_type_ids() {
+                continue;
+            }
+            if let Some(t) = col(n) {
+                v.push((n, t));
+            }
+        }
+        Ok(v)
+    }
+
+    fn head_forward(
+        &self,
+        m: &dyn TaskModel,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<(mf_models::ModelOutput, Vec<(&'static str, Tensor)>)> {
+        let cols = self.head_inputs(m, batch)?;
+        let get = |n: &str| cols.iter().find(|(c, _)| *c == n).map(|(_, t)| t);
+        let out = m.forward(&ModelInputs {
+            input_ids: get("input_ids"),
+            attention_mask: get("attention_mask"),
+            token_type_ids: get("token_type_ids"),
+            labels: get("labels"),
+            start_positions: get("start_positions"),
+            end_positions: get("end_positions"),
+            train,
+            ..Default::default()
+        })?;
+        Ok((out, cols))
+    }
+
+    fn head_loss(&self, m: &dyn TaskModel, batch: &Batch, train: bool) -> Result<BatchLoss> {
+        let (out, cols) = self.head_forward(m, batch, train)?;
+        let loss = out.loss()?.shallow_clone();
+        let b = batch.size();
+        let tokens = cols.iter().find(|(c, _)| *c == "attention_mask").map_or(
+            b * cols[0].1.size().get(1).copied().unwrap_or(1),
+            |(_, t)| t.sum(Kind::Int64).int64_value(&[]),
+        );
+        // Token-level losses average over the counted tokens, the others over samples.
+        let weight = match self.task {
+            TrainTask::TokenClassification | TrainTask::FillMask => cols
+                .iter()
+                .find(|(c, _)| *c == "labels")
+                .map_or(b, |(_, t)| t.ne(-100).sum(Kind::Int64).int64_value(&[])),
+            _ => b,
+        };
+        Ok(BatchLoss {
+            loss,
+            weight,
+            tokens,
+            kept: None,
+        })
     }
 
     fn resume_dir(&self) -> Result<Option<PathBuf>> {
@@ -433,7 +657,14 @@ impl Trainer {
                 "bf16/fp16 training with a parallel layout or recompute is not supported yet; train in f32 or on one device",
             ));
         }
-        if mf_models::lora::has_lora(self.model.as_mut()) {
+        if let TrainModel::Head(m) = &self.model {
+            return Err(invalid(format!(
+                "parallel training of {} heads is not supported yet: train {} on one device (STAND_ALONE, no recompute)",
+                m.model_type(),
+                self.task.name()
+            )));
+        }
+        if self.model.has_lora() {
             return Err(invalid(
                 "LoRA fine-tuning with a parallel layout or recompute is not supported yet; train the adapters on one device",
             ));
@@ -466,7 +697,7 @@ impl Trainer {
                 self.communicator = mf_core::context::take_process_comm();
             }
         }
-        let config = self.model.model_config().ok_or_else(|| {
+        let config = self.model.causal()?.model_config().ok_or_else(|| {
             invalid(
                 "this model family does not support parallel training yet; train it on one device",
             )
@@ -518,9 +749,9 @@ impl Trainer {
         } else {
             Optimizer::new
         };
-        let lora = mf_models::lora::has_lora(self.model.as_mut());
+        let lora = self.model.has_lora();
         let trainable = if lora {
-            mf_models::lora::lora_parameters(self.model.as_mut())
+            mf_models::lora::lora_parameters(self.model.causal_mut()?)
         } else {
             self.model.parameters()
         };
@@ -549,7 +780,7 @@ impl Trainer {
             state = checkpoint::load_state(&dir)?;
             self.model.load_weights(&SafeTensors::open(&dir)?)?;
             if lora {
-                mf_models::lora::load_adapter_weights(self.model.as_mut(), &dir)?;
+                mf_models::lora::load_adapter_weights(self.model.causal_mut()?, &dir)?;
             }
             let opt_file = SafeTensors::open(dir.join("optimizer.safetensors"))?;
             if parallel.is_some() {
@@ -575,9 +806,9 @@ impl Trainer {
             Some((config, opts)) => {
                 let mut d = match self.communicator.take() {
                     Some(comm) => {
-                        ParallelDriver::join_group(comm, self.model.as_ref(), &config, opts)?
+                        ParallelDriver::join_group(comm, self.model.causal()?, &config, opts)?
                     }
-                    None => ParallelDriver::start(self.model.as_ref(), &config, opts)?,
+                    None => ParallelDriver::start(self.model.causal()?, &config, opts)?,
                 };
                 if let Some(t) = resumed_optimizer.take() {
                     d.load_optimizer(t)?;
@@ -672,7 +903,7 @@ impl Trainer {
                     continue;
                 }
                 tch::manual_seed(args.seed.wrapping_add(state.micro_batches as u64) as i64);
-                let (loss, tokens, _) = self.loss(&batch, true, false)?;
+                let BatchLoss { loss, tokens, .. } = self.loss(&batch, true, false)?;
                 (&loss * (scale / accum as f64)).backward();
                 step_loss += loss.detach() / accum as f64;
                 window_tokens += tokens;
@@ -767,13 +998,13 @@ impl Trainer {
             if control.should_save {
                 // Every rank takes part in the gather; world rank 0 writes.
                 let opt_state = match driver.as_mut() {
-                    Some(d) => d.gather_into(self.model.as_ref(), true)?,
+                    Some(d) => d.gather_into(self.model.causal()?, true)?,
                     None => Some(optim.state_tensors()),
                 };
                 if let Some(opt_state) = opt_state {
                     let dir = checkpoint::save(
                         &out_dir,
-                        self.model.as_mut(),
+                        &mut self.model,
                         &opt_state,
                         &state,
                         args.save_total_limit,
@@ -786,7 +1017,7 @@ impl Trainer {
             }
             if control.should_evaluate {
                 if let Some(d) = driver.as_mut() {
-                    d.gather_into(self.model.as_ref(), false)?;
+                    d.gather_into(self.model.causal()?, false)?;
                 }
                 let m = self.evaluate()?;
                 let mut line = serde_json::json!({"step": state.global_step, "eval_loss": m.eval_loss, "perplexity": m.perplexity});
@@ -804,7 +1035,7 @@ impl Trainer {
             }
         }
         if let Some(mut d) = driver.take() {
-            d.gather_into(self.model.as_ref(), false)?;
+            d.gather_into(self.model.causal()?, false)?;
             d.finish()?;
         }
         for cb in &mut self.callbacks {
@@ -832,20 +1063,29 @@ impl Trainer {
         })
     }
 
-    /// Loss and perplexity over the evaluation data, plus `compute_metrics` if set.
+    /// Loss and perplexity over the evaluation data, the task's metrics (accuracy; entity
+    /// precision / recall / F1; SQuAD exact match / F1), plus `compute_metrics` if set.
     pub fn evaluate(&mut self) -> Result<EvalMetrics> {
         let data = self
             .eval_dataset
             .clone()
             .ok_or_else(|| invalid("no eval_dataset given"))?;
         let _g = tch::no_grad_guard();
+        if let TrainModel::Head(m) = &self.model {
+            return self.evaluate_head(m.as_ref(), &data);
+        }
         let order = data.dataset().order(0);
         let (mut total, mut tokens) = (0.0, 0i64);
         let keep = self.compute_metrics.is_some();
         let (mut preds, mut labels) = (Vec::new(), Vec::new());
         for i in 0..data.num_batches() {
             let batch = data.get_in(&order, i)?;
-            let (loss, n, kept) = self.loss(&batch, false, keep)?;
+            let BatchLoss {
+                loss,
+                weight: n,
+                kept,
+                ..
+            } = self.loss(&batch, false, keep)?;
             total += loss.double_value(&[]) * n as f64;
             tokens += n;
             if let Some((logits, l)) = kept {
@@ -873,6 +1113,179 @@ impl Trainer {
             }
             None => Default::default(),
         };
+        Ok(EvalMetrics {
+            eval_loss,
+            perplexity: eval_loss.exp(),
+            batches: data.num_batches(),
+            metrics,
+        })
+    }
+
+    fn evaluate_head(&self, m: &dyn TaskModel, data: &BatchedDataset) -> Result<EvalMetrics> {
+        let order = data.dataset().order(0);
+        let (mut total, mut weight) = (0.0, 0i64);
+        let (mut hits, mut seen) = (0i64, 0i64);
+        let (mut pred_tags, mut gold_tags) = (Vec::new(), Vec::new());
+        let labels = m.id2label();
+        // Question answering: the best span of each example over its windows.
+        let mut best: std::collections::BTreeMap<usize, (f32, usize, usize)> = Default::default();
+        let mut record = 0usize;
+        for i in 0..data.num_batches() {
+            let batch = data.get_in(&order, i)?;
+            // Masked-LM evaluation draws its masks from a fixed seed per batch.
+            tch::manual_seed(self.args.seed.wrapping_add(i as u64) as i64);
+            let (out, cols) = self.head_forward(m, &batch, false)?;
+            let get = |n: &str| {
+                cols.iter()
+                    .find(|(c, _)| *c == n)
+                    .map(|(_, t)| t.shallow_clone())
+            };
+            let b = batch.size();
+            let loss = out.loss()?.double_value(&[]);
+            let w = match self.task {
+                TrainTask::TokenClassification | TrainTask::FillMask => {
+                    get("labels").map_or(b, |t| t.ne(-100).sum(Kind::Int64).int64_value(&[]))
+                }
+                _ => b,
+            };
+            total += loss * w as f64;
+            weight += w;
+            match self.task {
+                TrainTask::TextClassification => {
+                    let logits = out.logits()?;
+                    let gold = get("labels").ok_or_else(|| invalid("no labels to score"))?;
+                    let (h, n) = if m.multi_label() {
+                        let pred = logits.gt(0.0);
+                        (
+                            pred.eq_tensor(&gold.gt(0.5))
+                                .sum(Kind::Int64)
+                                .int64_value(&[]),
+                            gold.numel() as i64,
+                        )
+                    } else {
+                        (
+                            logits
+                                .argmax(-1, false)
+                                .eq_tensor(&gold.reshape([-1]))
+                                .sum(Kind::Int64)
+                                .int64_value(&[]),
+                            b,
+                        )
+                    };
+                    hits += h;
+                    seen += n;
+                }
+                TrainTask::TokenClassification => {
+                    let pred = Vec::<i64>::try_from(
+                        out.logits()?
+                            .argmax(-1, false)
+                            .reshape([-1])
+                            .to_device(tch::Device::Cpu),
+                    )?;
+                    let gold_t = get("labels").ok_or_else(|| invalid("no labels to score"))?;
+                    let t = gold_t.size()[1] as usize;
+                    let gold =
+                        Vec::<i64>::try_from(gold_t.reshape([-1]).to_device(tch::Device::Cpu))?;
+                    let name = |i: i64| {
+                        labels
+                            .get(i as usize)
+                            .cloned()
+                            .unwrap_or_else(|| format!("LABEL_{i}"))
+                    };
+                    for r in 0..b as usize {
+                        let (mut p, mut g) = (Vec::new(), Vec::new());
+                        for k in 0..t {
+                            let gi = gold[r * t + k];
+                            if gi != -100 {
+                                p.push(name(pred[r * t + k]));
+                                g.push(name(gi));
+                            }
+                        }
+                        pred_tags.push(p);
+                        gold_tags.push(g);
+                    }
+                }
+                TrainTask::QuestionAnswering => {
+                    let qa = self.eval_qa.as_ref().ok_or_else(|| {
+                        invalid("question_answering evaluation needs the eval data from mf_data::nlp::question_answering")
+                    })?;
+                    let s = out
+                        .start_logits
+                        .as_ref()
+                        .ok_or_else(|| invalid("no start logits"))?;
+                    let e = out
+                        .end_logits
+                        .as_ref()
+                        .ok_or_else(|| invalid("no end logits"))?;
+                    let t = s.size()[1] as usize;
+                    let s = Vec::<f32>::try_from(
+                        s.to_kind(Kind::Float)
+                            .reshape([-1])
+                            .to_device(tch::Device::Cpu),
+                    )?;
+                    let e = Vec::<f32>::try_from(
+                        e.to_kind(Kind::Float)
+                            .reshape([-1])
+                            .to_device(tch::Device::Cpu),
+                    )?;
+                    for r in 0..b as usize {
+                        let (example, offsets) =
+                            qa.windows.get(order[record + r]).ok_or_else(|| {
+                                invalid(
+                                    "the question-answering windows do not match the eval dataset",
+                                )
+                            })?;
+                        for a in 0..offsets.len().min(t) {
+                            let Some((cs, _)) = offsets[a] else { continue };
+                            for z in a..offsets.len().min(t).min(a + 30) {
+                                let Some((_, ce)) = offsets[z] else { continue };
+                                let score = s[r * t + a] + e[r * t + z];
+                                if best.get(example).is_none_or(|b| score > b.0) {
+                                    best.insert(*example, (score, cs, ce));
+                                }
+                            }
+                        }
+                    }
+                }
+                TrainTask::FillMask | TrainTask::TextGeneration => {}
+            }
+            record += b as usize;
+        }
+        if weight == 0 {
+            return Err(invalid("the evaluation data is empty"));
+        }
+        let eval_loss = total / weight as f64;
+        let mut metrics = std::collections::BTreeMap::new();
+        match self.task {
+            TrainTask::TextClassification => {
+                metrics.insert("accuracy".to_string(), hits as f64 / seen.max(1) as f64);
+            }
+            TrainTask::TokenClassification => {
+                let (p, r, f) = crate::tasks::entity_prf(&pred_tags, &gold_tags);
+                metrics.insert("precision".to_string(), p);
+                metrics.insert("recall".to_string(), r);
+                metrics.insert("f1".to_string(), f);
+            }
+            TrainTask::QuestionAnswering => {
+                let qa = self
+                    .eval_qa
+                    .as_ref()
+                    .ok_or_else(|| invalid("no question-answering examples"))?;
+                let (mut em, mut f1) = (0.0, 0.0);
+                for (i, (ctx, golds)) in qa.examples.iter().enumerate() {
+                    let pred = best.get(&i).map_or(String::new(), |(_, s, e)| {
+                        ctx.chars().skip(*s).take(e - s).collect()
+                    });
+                    let (a, b) = crate::tasks::squad_em_f1(&pred, golds);
+                    em += a;
+                    f1 += b;
+                }
+                let n = qa.examples.len().max(1) as f64;
+                metrics.insert("exact_match".to_string(), em / n);
+                metrics.insert("f1".to_string(), f1 / n);
+            }
+            _ => {}
+        }
         Ok(EvalMetrics {
             eval_loss,
             perplexity: eval_loss.exp(),

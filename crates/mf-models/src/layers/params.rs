@@ -265,6 +265,54 @@ impl Params {
         load_parameters(ckpt, &map, &LoadSpec { rename, ignore })
     }
 
+    /// Copies every parameter the checkpoint holds (under any of its `candidates` names);
+    /// parameters it lacks are kept if `may_miss` allows (a new head) and returned, else an
+    /// error. Shapes must match.
+    pub fn load_matching(
+        &self,
+        ckpt: &SafeTensors,
+        candidates: &dyn Fn(&str) -> Vec<String>,
+        may_miss: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        let origin = ckpt.origin().display().to_string();
+        let mut missing = Vec::new();
+        for (name, p) in &self.params {
+            let Some(stored) = candidates(name).into_iter().find(|c| ckpt.contains(c)) else {
+                if may_miss(name) {
+                    missing.push(name.clone());
+                    continue;
+                }
+                return Err(MfError::checkpoint(
+                    &origin,
+                    format!("missing tensor '{name}'"),
+                ));
+            };
+            let src = ckpt.get(&stored)?;
+            if src.size() != p.size() {
+                return Err(MfError::checkpoint(
+                    &origin,
+                    format!(
+                        "tensor '{stored}' has shape {:?} but the model's '{name}' expects {:?}",
+                        src.size(),
+                        p.size()
+                    ),
+                ));
+            }
+            tch::no_grad(|| -> Result<()> {
+                let mut h = p.shallow_clone();
+                h.f_copy_(&src.f_to_kind(p.kind())?.f_to_device(p.device())?)?;
+                Ok(())
+            })?;
+        }
+        if !missing.is_empty() {
+            eprintln!(
+                "warning: some weights were not in {origin} and keep their initialization: {}",
+                missing.join(", ")
+            );
+        }
+        Ok(missing)
+    }
+
     /// Writes `model.safetensors` and `config.json` (with `torch_dtype`) in the HF layout.
     pub fn save_pretrained(&self, dir: &Path, config: serde_json::Value) -> Result<()> {
         crate::model::save_hf_dir(dir, &self.params, config, self.kind())

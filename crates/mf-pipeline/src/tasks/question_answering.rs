@@ -5,7 +5,7 @@
 //! `top_k` best over every window.
 use mf_core::{invalid, Result};
 use mf_models::{Task, TaskModel};
-use mf_tokenizers::{EncodeOptions, EncodedRow, Tokenizer};
+use mf_tokenizers::{EncodedRow, Tokenizer};
 use serde_json::{json, Value};
 
 use crate::task::{
@@ -94,81 +94,6 @@ impl QuestionAnsweringPipeline {
         Ok(QuestionAnsweringPipeline { model, tokenizer })
     }
 
-    /// The windows `[CLS] q [SEP] ctx[i..i+n] [SEP]`, as the tokenizer's `only_second`
-    /// truncation with overflow and `stride` makes them.
-    fn windows(
-        &self,
-        question: &str,
-        context: &str,
-        max_len: usize,
-        stride: usize,
-    ) -> Result<Vec<EncodedRow>> {
-        let no_special = EncodeOptions {
-            skip_special_tokens_insertion: true,
-            ..Default::default()
-        };
-        let q_len = self
-            .tokenizer
-            .encode_rows(&[(question, None)], &no_special)?
-            .remove(0)
-            .input_ids
-            .len();
-        let full = self
-            .tokenizer
-            .encode_rows(&[(question, Some(context))], &EncodeOptions::default())?
-            .remove(0);
-        let added = full.input_ids.len()
-            - q_len
-            - full.sequence_ids.iter().filter(|s| **s == Some(1)).count();
-        let budget = max_len
-            .checked_sub(q_len + added)
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "the question takes {q_len} tokens, leaving no room for the context in \
-                     windows of {max_len}; raise max_seq_len"
-                ))
-            })?;
-        if stride >= budget {
-            return Err(invalid(format!(
-                "doc_stride {stride} must be smaller than the {budget} context tokens a window holds"
-            )));
-        }
-        // The context's tokens (word ids and offsets) once, then one window per slice.
-        let ctx_first = full
-            .sequence_ids
-            .iter()
-            .position(|s| *s == Some(1))
-            .ok_or_else(|| invalid("the context gives no tokens"))?;
-        let ctx_len = full.sequence_ids.iter().filter(|s| **s == Some(1)).count();
-        let mut windows = Vec::new();
-        let mut start = 0;
-        loop {
-            let stop = (start + budget).min(ctx_len);
-            let mut w = EncodedRow::default();
-            for i in 0..full.input_ids.len() {
-                let in_ctx = full.sequence_ids[i] == Some(1);
-                if in_ctx && !(ctx_first + start..ctx_first + stop).contains(&i) {
-                    continue;
-                }
-                w.input_ids.push(full.input_ids[i]);
-                w.token_type_ids.push(full.token_type_ids[i]);
-                w.attention_mask.push(1);
-                w.offsets.push(full.offsets[i]);
-                w.word_ids.push(full.word_ids[i]);
-                w.sequence_ids.push(full.sequence_ids[i]);
-                w.special_tokens_mask.push(full.special_tokens_mask[i]);
-                w.tokens.push(full.tokens[i].clone());
-            }
-            windows.push(w);
-            if stop == ctx_len {
-                break;
-            }
-            start += budget - stride;
-        }
-        Ok(windows)
-    }
-
     /// The best answers to `question` in `context`.
     pub fn call(&self, question: &str, context: &str, o: &QaOptions) -> Result<Vec<Answer>> {
         if question.trim().is_empty() {
@@ -198,7 +123,10 @@ impl QuestionAnsweringPipeline {
         let cls = self.tokenizer.cls_token_id();
         let mut answers = Vec::new();
         let mut min_null = 1_000_000f32;
-        for w in self.windows(question, context, max_len, stride)? {
+        for w in self
+            .tokenizer
+            .encode_windows(question, context, max_len, stride)?
+        {
             let out = forward_rows(self.model.as_ref(), &[&w])?;
             let start_logits = to_vec_f32(
                 out.start_logits
