@@ -3,41 +3,11 @@
 //! then MindFormers' format, the task registry's names and the errors for bad input.
 mod common;
 
-use common::fixtures;
+use common::{assert_close, fixtures};
 use mindformers::{
     pipeline, AggregationStrategy, CallOptions, OutputFormat, Pipeline, PipelineInput,
 };
 use serde_json::Value;
-
-/// Equal JSON, floats within `tol`.
-fn assert_close(got: &Value, want: &Value, tol: f64, at: &str) {
-    match (got, want) {
-        (Value::Number(a), Value::Number(b)) if b.is_f64() || a.is_f64() => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() <= tol, "{at}: {a} vs {b}");
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(
-                a.len(),
-                b.len(),
-                "{at}: lengths differ\n got {got}\nwant {want}"
-            );
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                assert_close(x, y, tol, &format!("{at}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            let (mut ka, mut kb): (Vec<_>, Vec<_>) = (a.keys().collect(), b.keys().collect());
-            ka.sort();
-            kb.sort();
-            assert_eq!(ka, kb, "{at}: keys differ");
-            for k in kb {
-                assert_close(&a[k], &b[k], tol, &format!("{at}.{k}"));
-            }
-        }
-        _ => assert_eq!(got, want, "{at}"),
-    }
-}
 
 fn cases(fixture: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join(fixture).join("expected.json")).unwrap();

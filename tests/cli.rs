@@ -551,3 +551,322 @@ fn launch_bad_arguments_exit_with_one_line() {
         "rank 0 (local rank 0) was killed by signal 9 (SIGKILL)",
     );
 }
+
+/// `mf pipeline --json --format hf` prints one list with, per input, exactly what
+/// transformers' pipeline returned for it (the fixtures' recorded cases).
+#[test]
+fn pipeline_json_contract_for_the_nlp_tasks() {
+    let home = tempfile::tempdir().unwrap();
+    let fx = common::fixtures();
+    let dir = |n: &str| fx.join(n).display().to_string();
+    let expected = |n: &str, case: usize| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fx.join(n).join("expected.json")).unwrap(),
+        )
+        .unwrap();
+        v["pipeline"][case]["output"].clone()
+    };
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = mf(args, home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let close = |got: &serde_json::Value, want: &serde_json::Value| {
+        common::assert_close(got, want, 1e-5, "mf pipeline")
+    };
+    let mlm = dir("bert_tiny_mlm");
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "fill-mask",
+        "--model",
+        &mlm,
+        "--json",
+        "--format",
+        "hf",
+        "--top-k",
+        "3",
+        "john [MASK] in london.",
+    ]);
+    close(&got[0], &expected("bert_tiny_mlm", 1));
+    assert_eq!(got.as_array().unwrap().len(), 1);
+    let cls = dir("bert_tiny_seqcls");
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "text_classification",
+        "--model",
+        &cls,
+        "--json",
+        "--format",
+        "hf",
+        "--top-k",
+        "2",
+        "the music was good but the story was boring.",
+    ]);
+    close(&got[0], &expected("bert_tiny_seqcls", 2));
+    let ner = dir("bert_tiny_tokcls");
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "ner",
+        "--model",
+        &ner,
+        "--json",
+        "--format",
+        "hf",
+        "--aggregation-strategy",
+        "simple",
+        "john lives in paris and works for google.",
+    ]);
+    close(&got[0], &expected("bert_tiny_tokcls", 4));
+    let qa = dir("bert_tiny_qa");
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "question_answering",
+        "--model",
+        &qa,
+        "--json",
+        "--format",
+        "hf",
+        "--question",
+        "where does john live?",
+        "--context",
+        "john lives in paris and mary works in london.",
+    ]);
+    close(&got[0], &expected("bert_tiny_qa", 0));
+    // MindFormers' format: the answer under `text`.
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "question_answering",
+        "--model",
+        &qa,
+        "--json",
+        "--question",
+        "where does john live?",
+        "--context",
+        "john lives in paris and mary works in london.",
+    ]);
+    assert_eq!(got[0]["text"], expected("bert_tiny_qa", 0)["answer"]);
+    let base = dir("bert_tiny_base");
+    let got = run(&[
+        "pipeline",
+        "--task",
+        "feature_extraction",
+        "--model",
+        &base,
+        "--json",
+        "--pooling",
+        "mean",
+        "--normalize",
+        "john lives in paris.",
+    ]);
+    let emb: Vec<f64> = got[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(emb.len(), 32);
+    assert!((emb.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-5);
+    // Without --json: Python-style text as MindFormers prints it.
+    let out = mf(
+        &[
+            "pipeline",
+            "--task",
+            "fill_mask",
+            "--model",
+            &mlm,
+            "--top-k",
+            "1",
+            "john [MASK] in london.",
+        ],
+        home.path(),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("[[{'score': ") && text.contains("'token_str': "),
+        "{text}"
+    );
+    // Bad input: one line each.
+    fails_with_one_line(
+        &mf(
+            &[
+                "pipeline",
+                "--task",
+                "fill_mask",
+                "--model",
+                &mlm,
+                "no mask here",
+            ],
+            home.path(),
+        ),
+        "no mask token ([MASK])",
+    );
+    fails_with_one_line(
+        &mf(
+            &[
+                "pipeline",
+                "--task",
+                "fill_mask",
+                "--model",
+                &mlm,
+                "--top-k",
+                "0",
+                "a [MASK]",
+            ],
+            home.path(),
+        ),
+        "top_k must be at least 1",
+    );
+    fails_with_one_line(
+        &mf(
+            &[
+                "pipeline",
+                "--task",
+                "question_answering",
+                "--model",
+                &qa,
+                "--question",
+                "where?",
+            ],
+            home.path(),
+        ),
+        "needs its context",
+    );
+    fails_with_one_line(
+        &mf(
+            &["pipeline", "--task", "summarization", "--model", &mlm, "x"],
+            home.path(),
+        ),
+        "unknown task 'summarization'",
+    );
+    fails_with_one_line(
+        &mf(
+            &[
+                "pipeline",
+                "--task",
+                "ner",
+                "--model",
+                &ner,
+                "--aggregation-strategy",
+                "longest",
+                "x",
+            ],
+            home.path(),
+        ),
+        "unknown aggregation strategy 'longest'",
+    );
+    fails_with_one_line(
+        &mf(
+            &["pipeline", "--task", "ner", "--model", &ner, ""],
+            home.path(),
+        ),
+        "empty",
+    );
+}
+
+/// `mf tokenize --tokenizer DIR` prints transformers' ids for a BERT directory whose
+/// tokenizer.json carries a template and a fixed padding.
+#[test]
+fn tokenize_a_hub_bert_directory_like_transformers() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = common::fixtures().join("bert_hub_tokenizer");
+    let out = mf(
+        &[
+            "tokenize",
+            "--tokenizer",
+            &dir.display().to_string(),
+            "john lives in paris.",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["input_ids"],
+        serde_json::json!([2, 192, 241, 119, 205, 18, 3])
+    );
+    assert_eq!(
+        v["attention_mask"],
+        serde_json::json!([1, 1, 1, 1, 1, 1, 1])
+    );
+}
+
+/// A hub name (`org/name`) resolves through the Hugging Face cache, tokenizer included.
+#[test]
+fn pipeline_loads_a_hub_name_from_the_hf_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hf/hub/models--tiny-org--bert-mlm");
+    let snap = repo.join("snapshots/0123abc");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abc").unwrap();
+    let src = common::fixtures().join("bert_tiny_mlm");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ] {
+        std::fs::copy(src.join(f), snap.join(f)).unwrap();
+    }
+    let out = mf(
+        &[
+            "pipeline",
+            "--task",
+            "fill-mask",
+            "--model",
+            "tiny-org/bert-mlm",
+            "--json",
+            "--format",
+            "hf",
+            "--top-k",
+            "3",
+            "john [MASK] in london.",
+        ],
+        home.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("expected.json")).unwrap()).unwrap();
+    common::assert_close(&got[0], &v["pipeline"][1]["output"], 1e-5, "hub name");
+    // Offline and not cached: one line naming where it looked.
+    fails_with_one_line(
+        &mf(
+            &[
+                "pipeline",
+                "--task",
+                "fill-mask",
+                "--model",
+                "tiny-org/missing",
+                "a [MASK]",
+            ],
+            home.path(),
+        ),
+        "offline",
+    );
+}

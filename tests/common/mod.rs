@@ -40,3 +40,35 @@ pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
         .double_value(&[])
 }
 pub mod parity;
+
+/// Equal JSON, floats within `tol`.
+pub fn assert_close(got: &serde_json::Value, want: &serde_json::Value, tol: f64, at: &str) {
+    match (got, want) {
+        (serde_json::Value::Number(a), serde_json::Value::Number(b))
+            if b.is_f64() || a.is_f64() =>
+        {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= tol, "{at}: {a} vs {b}");
+        }
+        (serde_json::Value::Array(a), serde_json::Value::Array(b)) => {
+            assert_eq!(
+                a.len(),
+                b.len(),
+                "{at}: lengths differ\n got {got}\nwant {want}"
+            );
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(x, y, tol, &format!("{at}[{i}]"));
+            }
+        }
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let (mut ka, mut kb): (Vec<_>, Vec<_>) = (a.keys().collect(), b.keys().collect());
+            ka.sort();
+            kb.sort();
+            assert_eq!(ka, kb, "{at}: keys differ");
+            for k in kb {
+                assert_close(&a[k], &b[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(got, want, "{at}"),
+    }
+}

@@ -266,8 +266,8 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 /// mindformers-rs against transformers `generate` on the same machine, same threads, same run.
 fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str);
-    if what != Some("generate") && what != Some("train") && what != Some("parallel") {
-        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel");
+    if !matches!(what, Some("generate" | "train" | "parallel" | "encode")) {
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel | encode [--threads N]");
     }
     let threads = args
         .windows(2)
@@ -287,6 +287,9 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if what == Some("parallel") {
         return bench_parallel(&mf);
+    }
+    if what == Some("encode") {
+        return bench_encode(&mf, &threads);
     }
     // `--model llama`: a ~125M LLaMA with grouped-query attention, the same shape on both sides.
     let llama = args
@@ -547,6 +550,103 @@ fn bench_parallel(mf: &Path) -> Result<()> {
 }
 
 /// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
+/// The machine a benchmark ran on: CPU model, its bf16 / AMX flags, and the commit.
+fn bench_header(threads: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
+    let has: Vec<&str> = ["avx512_bf16", "amx_bf16", "avx512f", "avx2"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "CPU: {model} (flags: {}); threads: {threads}; commit: {commit}",
+        has.join(", ")
+    )
+}
+
+/// A BERT-base-shaped (110M) sequence classifier, batch 32 × 128 tokens, f32, forward under
+/// no_grad: mindformers-rs and transformers alternate (A B A B A B), medians and per-pair
+/// ratios are reported.
+fn bench_encode(mf: &Path, threads: &str) -> Result<()> {
+    println!("{}", bench_header(threads));
+    println!("model: BERT base (110M) sequence classifier, batch 32 x 128 tokens, f32, no_grad");
+    let common = [
+        "--batch",
+        "32",
+        "--seq-length",
+        "128",
+        "--repeats",
+        "3",
+        "--threads",
+        threads,
+    ];
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rss_ours, mut rss_theirs) = (0f64, 0f64);
+    for _ in 0..3 {
+        let a = json_line(Command::new(mf).arg("bench-encode").args(common))?;
+        let b = json_line(
+            Command::new(venv_python())
+                .arg(root().join("tools/bench/hf_encode.py"))
+                .args(common),
+        )?;
+        let (x, y) = (
+            a["seqs_per_s"].as_f64().unwrap_or(0.0),
+            b["seqs_per_s"].as_f64().unwrap_or(0.0),
+        );
+        ours.push(x);
+        theirs.push(y);
+        ratios.push(x / y.max(1e-12));
+        rss_ours = rss_ours.max(a["peak_rss_mb"].as_f64().unwrap_or(0.0));
+        rss_theirs = rss_theirs.max(b["peak_rss_mb"].as_f64().unwrap_or(0.0));
+    }
+    let med = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        format!("{lo:.1}-{hi:.1}")
+    };
+    println!("| | mindformers-rs | transformers |\n|---|---|---|");
+    println!(
+        "| sequences/s (median, min-max) | {:.1} ({}) | {:.1} ({}) |",
+        med(&ours),
+        range(&ours),
+        med(&theirs),
+        range(&theirs)
+    );
+    println!(
+        "| ratio per pair | {} | |",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| median ratio | {:.2}x | |", med(&ratios));
+    println!("| peak RSS MiB | {rss_ours:.0} | {rss_theirs:.0} |");
+    Ok(())
+}
+
 fn bench_train(mf: &Path, threads: &str, bf16: bool) -> Result<()> {
     let precision: &[&str] = if bf16 { &["--bf16"] } else { &[] };
     println!(

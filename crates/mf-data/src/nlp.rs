@@ -27,13 +27,16 @@ pub struct TaskData {
     pub qa: Option<QaWindows>,
 }
 
+/// The character span in the context of each token of a window (`None` outside it).
+pub type ContextOffsets = Vec<Option<(usize, usize)>>;
+
 /// The windows of question-answering examples, for turning predicted spans into text.
 #[derive(Clone, Debug, Default)]
 pub struct QaWindows {
     /// Per example: its context and its gold answer texts.
     pub examples: Vec<(String, Vec<String>)>,
     /// Per record: its example and the context offsets of its tokens.
-    pub windows: Vec<(usize, Vec<Option<(usize, usize)>>)>,
+    pub windows: Vec<(usize, ContextOffsets)>,
 }
 
 impl TaskData {
@@ -315,7 +318,7 @@ pub fn question_answering(
             )));
         }
         for w in tok.encode_windows(q, ctx, max_length, doc_stride)? {
-            let in_ctx: Vec<Option<(usize, usize)>> = (0..w.input_ids.len())
+            let in_ctx: ContextOffsets = (0..w.input_ids.len())
                 .map(|k| (w.sequence_ids[k] == Some(1)).then_some(w.offsets[k]))
                 .collect();
             let toks: Vec<usize> = (0..in_ctx.len()).filter(|&k| in_ctx[k].is_some()).collect();

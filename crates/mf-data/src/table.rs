@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(rows[0]["tags"], serde_json::json!([1, 2]));
         let e = column(&rows[0], "sentence", 0).unwrap_err().to_string();
         assert!(
-            e.contains("no column 'sentence'") && e.contains("text, label, tags"),
+            e.contains("no column 'sentence'") && e.contains("label, tags, text"),
             "{e}"
         );
         let bad = dir.path().join("b.jsonl");
@@ -194,5 +194,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a readable parquet file"));
+    }
+
+    #[test]
+    fn parquet_rows_as_hub_datasets_store_them() {
+        use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train-00000-of-00001.parquet");
+        let schema = Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message schema { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED INT64 label; }",
+            )
+            .unwrap(),
+        );
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build(),
+        );
+        let mut w =
+            SerializedFileWriter::new(std::fs::File::create(&p).unwrap(), schema, props).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let mut c = rg.next_column().unwrap().unwrap();
+        c.typed::<ByteArrayType>()
+            .write_batch(
+                &[
+                    ByteArray::from("a good film"),
+                    ByteArray::from("a bad film"),
+                ],
+                None,
+                None,
+            )
+            .unwrap();
+        c.close().unwrap();
+        let mut c = rg.next_column().unwrap().unwrap();
+        c.typed::<Int64Type>()
+            .write_batch(&[1, 0], None, None)
+            .unwrap();
+        c.close().unwrap();
+        rg.close().unwrap();
+        w.close().unwrap();
+        let rows = read_rows(&p).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["text"], "a good film");
+        assert_eq!(rows[1]["label"], 0);
     }
 }

@@ -431,6 +431,13 @@ impl AutoModel {
     }
 }
 
+/// Loads a directory as a causal LM.
+pub type LoadCausal = fn(&Path) -> Result<Box<dyn CausalLM>>;
+/// Loads a directory with a head, at a device and dtype.
+pub type LoadTask = fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>;
+/// Builds a randomly initialised model with a head from a config.
+pub type FromConfig = fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>;
+
 /// One model family, declared in its own file: the `model_type`s it serves, the heads it
 /// offers and how to load each. Adding a family is its file plus one line in [`FAMILIES`].
 pub struct Family {
@@ -441,11 +448,11 @@ pub struct Family {
     /// Heads the family offers.
     pub tasks: &'static [Task],
     /// Loads a directory as a causal LM (families with that head).
-    pub load_causal: Option<fn(&Path) -> Result<Box<dyn CausalLM>>>,
+    pub load_causal: Option<LoadCausal>,
     /// Loads a directory with any other head, straight at the dtype and device.
-    pub load_task: Option<fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>>,
+    pub load_task: Option<LoadTask>,
     /// Builds a randomly initialised model with any non-causal head from its config.
-    pub from_config: Option<fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>>,
+    pub from_config: Option<FromConfig>,
 }
 
 /// Every registered family.

@@ -977,6 +977,7 @@ macro_rules! head_class {
             }
 
             /// A randomly initialised model (or `checkpoint_name_or_path`'s weights).
+            #[allow(clippy::new_ret_no_self)]
             pub fn new(config: &BertConfig) -> Result<Bert> {
                 Bert::new(config, $task)
             }

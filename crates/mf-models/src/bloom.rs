@@ -632,6 +632,16 @@ impl CausalLM for BloomForCausalLM {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "bloom",
+    model_types: &["bloom"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(BloomForCausalLM::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,13 +669,3 @@ mod tests {
         assert!(d < 1e-6, "{d}");
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "bloom",
-    model_types: &["bloom"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(BloomForCausalLM::from_dir(dir)?))),
-    load_task: None,
-    from_config: None,
-};

@@ -696,6 +696,16 @@ impl CausalLM for GlmForCausalLM {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "glm",
+    model_types: &["glm"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(GlmForCausalLM::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,13 +727,3 @@ mod tests {
         assert_eq!((v5.theta(), v5.rotary_dim()), (500000.0, 32));
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "glm",
-    model_types: &["glm"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(GlmForCausalLM::from_dir(dir)?))),
-    load_task: None,
-    from_config: None,
-};

@@ -1220,6 +1220,16 @@ impl crate::parallel::ParallelLM for LlamaStage {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "llama",
+    model_types: &["llama", "qwen2"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(LlamaForCausalLM::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1256,13 +1266,3 @@ mod tests {
         c.validate("test").unwrap();
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "llama",
-    model_types: &["llama", "qwen2"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(LlamaForCausalLM::from_dir(dir)?))),
-    load_task: None,
-    from_config: None,
-};

@@ -895,6 +895,16 @@ impl crate::parallel::ParallelLM for PanguAlphaStage {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "pangualpha",
+    model_types: &["pangualpha"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir| Ok(Box::new(PanguAlphaHeadModel::from_dir(dir)?))),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,13 +945,3 @@ mod tests {
         assert!(d < 1e-6, "{d}");
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "pangualpha",
-    model_types: &["pangualpha"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(PanguAlphaHeadModel::from_dir(dir)?))),
-    load_task: None,
-    from_config: None,
-};

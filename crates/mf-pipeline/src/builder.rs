@@ -264,11 +264,13 @@ impl PipelineBuilder {
         let mut st = None;
         let (model, tokenizer) = match model_arg {
             ModelArg::Name(name) => {
+                // The model's files first: where they are decides where the tokenizer is.
+                let dir = mf_models::auto::resolve_model_dir(&name)?;
                 let tokenizer = match self.tokenizer {
                     Some(t) => t,
-                    None => AutoTokenizer::from_pretrained(&name)?,
+                    None => AutoTokenizer::from_pretrained(&name)
+                        .or_else(|_| Tokenizer::from_dir(&dir))?,
                 };
-                let dir = mf_models::auto::resolve_model_dir(&name)?;
                 st = crate::tasks::feature_extraction::sentence_transformers_config(&dir)?;
                 let m = mf_models::auto::load_task_model(
                     &dir.display().to_string(),

@@ -123,7 +123,7 @@ pub(crate) fn apply_normalizer_options(
     let Some(NormalizerWrapper::BertNormalizer(n)) = inner.get_normalizer() else {
         return;
     };
-    let mut n = n.clone();
+    let mut n = *n;
     let before = (n.lowercase, n.strip_accents, n.handle_chinese_chars);
     if let Some(l) = lowercase {
         n.lowercase = l;

@@ -161,9 +161,14 @@ impl QuestionAnsweringPipeline {
             // word alignment, so 2·top_k + 10 are taken, as transformers does.
             let t = ps.len();
             let mut cands: Vec<(f32, usize, usize)> = Vec::new();
-            for s in 0..t {
-                for e in s..t.min(s + o.max_answer_len) {
-                    cands.push((ps[s] * pe[e], s, e));
+            for (s, p_start) in ps.iter().enumerate() {
+                for (e, p_end) in pe
+                    .iter()
+                    .enumerate()
+                    .take(t.min(s + o.max_answer_len))
+                    .skip(s)
+                {
+                    cands.push((p_start * p_end, s, e));
                 }
             }
             cands.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
