@@ -716,9 +716,17 @@ impl Bert {
             Kind::Half => -65504.0,
             _ => f32::MIN as f64,
         };
-        let bias = (mask.to_kind(kind).ones_like() - mask.to_kind(kind))
-            .f_mul_scalar(min)?
-            .view([b, 1, 1, t]);
+        // Without padding no mask is passed, so libtorch can take its fused (flash) kernel.
+        let padded = mask.min().int64_value(&[]) == 0;
+        let bias = if padded {
+            Some(
+                (mask.to_kind(kind).ones_like() - mask.to_kind(kind))
+                    .f_mul_scalar(min)?
+                    .view([b, 1, 1, t]),
+            )
+        } else {
+            None
+        };
         let heads = self.config.num_attention_heads as i64;
         let hd = self.config.hidden_size as i64 / heads;
         let p_attn = if train {
@@ -735,7 +743,7 @@ impl Bert {
                 &q,
                 &k,
                 &v,
-                Some(&bias),
+                bias.as_ref(),
                 p_attn,
                 false,
                 None,
