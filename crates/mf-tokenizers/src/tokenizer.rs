@@ -251,16 +251,9 @@ impl Tokenizer {
             };
         }
         // Special tokens must never be split by the model's pre-tokenizer.
-        let specials: Vec<tokenizers::AddedToken> = [
-            &self.bos_token,
-            &self.eos_token,
-            &self.pad_token,
-            &self.unk_token,
-            &self.cls_token,
-            &self.sep_token,
-            &self.mask_token,
-        ]
-        .into_iter()
+        let specials: Vec<tokenizers::AddedToken> = self
+            .special_tokens()
+            .into_iter()
         .flatten()
         .map(|t| tokenizers::AddedToken::from(t.clone(), true))
         .collect();
@@ -281,6 +274,19 @@ impl Tokenizer {
     /// The token string of an id.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// Every special-token slot, set or not.
+    fn special_tokens(&self) -> [&Option<String>; 7] {
+        [
+            &self.bos_token,
+            &self.eos_token,
+            &self.pad_token,
+            &self.unk_token,
+            &self.cls_token,
+            &self.sep_token,
+            &self.mask_token,
+        ]
     }
 
     fn special_id(&self, tok: &Option<String>) -> Option<u32> {
@@ -319,16 +325,9 @@ impl Tokenizer {
 
     /// Ids of every special token (for `skip_special_tokens` and label masking).
     pub fn all_special_ids(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = [
-            &self.bos_token,
-            &self.eos_token,
-            &self.pad_token,
-            &self.unk_token,
-            &self.cls_token,
-            &self.sep_token,
-            &self.mask_token,
-        ]
-        .into_iter()
+        let mut v: Vec<u32> = self
+            .special_tokens()
+            .into_iter()
         .filter_map(|t| self.special_id(t))
         .collect();
         v.sort_unstable();
