@@ -6,7 +6,7 @@ mod common;
 use common::{fixtures, max_abs_diff};
 use mindformers::core::checkpoint::SafeTensors;
 use mindformers::models::auto::load_task_model;
-use mindformers::{DType, Device, ModelInputs, ModelOutput, Task};
+use mindformers::{DType, Device, ModelInputs, ModelOutput, PreTrainedModel, Task, TaskModel};
 use tch::Tensor;
 
 const TOL: f64 = 1e-4;
@@ -321,4 +321,61 @@ fn save_pretrained_round_trips_and_loads_at_bf16() {
     let b = bf.forward(&ModelInputs::new(&ids, None)).unwrap();
     let d = max_abs_diff(b.logits().unwrap(), &ex.get("row0_logits").unwrap());
     assert!(d < 0.1, "bf16 logits differ by {d}");
+}
+
+/// Writes a randomly initialised classifier and its logits on a padded batch for
+/// `cargo xtask test`, which loads the directory with transformers and compares.
+#[test]
+fn writes_a_classifier_transformers_must_reproduce() {
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tmp/hf_roundtrip_bert");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut cfg = mindformers::BertConfig {
+        vocab_size: 620,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 37,
+        max_position_embeddings: 64,
+        initializer_range: 0.3,
+        ..Default::default()
+    };
+    cfg.set_labels(&["a".to_string(), "b".to_string(), "c".to_string()]);
+    tch::manual_seed(7);
+    let m = mindformers::Bert::new(&cfg, Task::SequenceClassification).unwrap();
+    m.save_pretrained(&out.join("model")).unwrap();
+    let ids = Tensor::from_slice(&[2i64, 100, 200, 300, 3, 0, 2, 50, 60, 3, 70, 3]).reshape([2, 6]);
+    let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1]).reshape([2, 6]);
+    let tt = Tensor::from_slice(&[0i64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]).reshape([2, 6]);
+    let logits = {
+        let _g = tch::no_grad_guard();
+        m.forward(&ModelInputs {
+            input_ids: Some(&ids),
+            attention_mask: Some(&mask),
+            token_type_ids: Some(&tt),
+            ..Default::default()
+        })
+        .unwrap()
+        .logits
+        .unwrap()
+    };
+    mindformers::core::checkpoint::save_safetensors(
+        out.join("expected.safetensors"),
+        &[
+            ("input_ids".to_string(), ids),
+            ("attention_mask".to_string(), mask),
+            ("token_type_ids".to_string(), tt),
+            ("logits".to_string(), logits),
+        ],
+        None,
+    )
+    .unwrap();
+    let again = load_task_model(
+        &out.join("model").display().to_string(),
+        Task::SequenceClassification,
+        Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(again.id2label(), vec!["a", "b", "c"]);
 }

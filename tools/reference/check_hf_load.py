@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import transformers
+from transformers import AutoTokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.model")
 GPT2_VOCAB_SIZE = 50257
@@ -35,7 +36,7 @@ def pick(tensors: dict[str, torch.Tensor], prefix: str | None) -> tuple[str, dic
     candidates = [prefix] if prefix is not None else ["", "single_"]
     for p in candidates:
         if f"{p}input_ids" in tensors and f"{p}logits" in tensors:
-            picked = {k: tensors[f"{p}{k}"] for k in ("input_ids", "logits", "attention_mask", "position_ids") if f"{p}{k}" in tensors}
+            picked = {k: tensors[f"{p}{k}"] for k in ("input_ids", "logits", "attention_mask", "position_ids", "token_type_ids") if f"{p}{k}" in tensors}
             return p, picked
     raise SystemExit(f"no {'/'.join(repr(c + 'input_ids') for c in candidates)} + logits pair in file; has {sorted(tensors)}")
 
@@ -60,14 +61,16 @@ def main() -> None:
     ap.add_argument("--expected", required=True, type=Path)
     ap.add_argument("--prefix", default=None, help="tensor name prefix in FILE (default: '' then 'single_')")
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--auto-class", default="AutoModelForCausalLM",
+                    help="the transformers class to load DIR with (e.g. AutoModelForSequenceClassification)")
     args = ap.parse_args()
 
     prefix, ref = pick(load_file(str(args.expected)), args.prefix)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = getattr(transformers, args.auto_class).from_pretrained(
         args.dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True
     ).eval()
 
-    kwargs = {k: ref[k].long() for k in ("attention_mask", "position_ids") if k in ref}
+    kwargs = {k: ref[k].long() for k in ("attention_mask", "position_ids", "token_type_ids") if k in ref}
     with torch.no_grad():
         logits = model(ref["input_ids"].long(), **kwargs).logits.float()
     want = ref["logits"].float()
@@ -75,7 +78,7 @@ def main() -> None:
         print(f"shape mismatch: model {tuple(logits.shape)} vs expected {tuple(want.shape)}")
         sys.exit(1)
     diff = logits - want
-    if "attention_mask" in ref:
+    if "attention_mask" in ref and diff.dim() == 3:
         # Logits at padded slots are meaningless (and implementation-defined).
         diff = diff[ref["attention_mask"].bool()]
     max_abs_diff = diff.abs().max().item() if diff.numel() else 0.0

@@ -248,6 +248,21 @@ fn test(args: &[String]) -> Result<()> {
     run(Command::new(venv_python())
         .arg(root().join("tools/reference/check_peft_adapter.py"))
         .arg(&lora))?;
+    // The BERT round trip: transformers loads the classifier bert_parity saved and
+    // reproduces its logits on a padded batch with token types.
+    let bert = root().join("target/tmp/hf_roundtrip_bert");
+    if !bert.join("model/config.json").exists() {
+        bail!(
+            "{} is missing: the bert_parity test did not run",
+            bert.display()
+        );
+    }
+    run(Command::new(venv_python())
+        .arg(root().join("tools/reference/check_hf_load.py"))
+        .arg(bert.join("model"))
+        .arg("--expected")
+        .arg(bert.join("expected.safetensors"))
+        .args(["--auto-class", "AutoModelForSequenceClassification"]))?;
     eprintln!("all tests passed, including the transformers and PEFT round trips");
     Ok(())
 }

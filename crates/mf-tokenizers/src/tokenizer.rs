@@ -254,9 +254,9 @@ impl Tokenizer {
         let specials: Vec<tokenizers::AddedToken> = self
             .special_tokens()
             .into_iter()
-        .flatten()
-        .map(|t| tokenizers::AddedToken::from(t.clone(), true))
-        .collect();
+            .flatten()
+            .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+            .collect();
         self.inner.add_special_tokens(&specials);
         Ok(())
     }
@@ -328,8 +328,8 @@ impl Tokenizer {
         let mut v: Vec<u32> = self
             .special_tokens()
             .into_iter()
-        .filter_map(|t| self.special_id(t))
-        .collect();
+            .filter_map(|t| self.special_id(t))
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
