@@ -447,12 +447,19 @@ pub struct Family {
     pub tasks: &'static [Task],
     /// Loads a directory as a causal LM (families with that head), straight at the dtype and
     /// device.
-    pub load_causal: Option<fn(&Path, Device, DType) -> Result<Box<dyn CausalLM>>>,
+    pub load_causal: Option<LoadCausal>,
     /// Loads a directory with any other head, straight at the dtype and device.
-    pub load_task: Option<fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>>,
+    pub load_task: Option<LoadTask>,
     /// Builds a randomly initialised model with any non-causal head from its config.
-    pub from_config: Option<fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>>,
+    pub from_config: Option<FromConfig>,
 }
+
+/// How a [`Family`] loads a directory as a causal LM at a device and dtype.
+pub type LoadCausal = fn(&Path, Device, DType) -> Result<Box<dyn CausalLM>>;
+/// How a [`Family`] loads a directory with another head at a device and dtype.
+pub type LoadTask = fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>;
+/// How a [`Family`] builds a randomly initialised model with a non-causal head.
+pub type FromConfig = fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>;
 
 /// Every registered family.
 pub const FAMILIES: &[&Family] = &[

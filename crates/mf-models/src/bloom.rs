@@ -656,6 +656,18 @@ impl PreTrainedModel for BloomForCausalLM {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "bloom",
+    model_types: &["bloom"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(BloomForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,15 +695,3 @@ mod tests {
         assert!(d < 1e-6, "{d}");
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "bloom",
-    model_types: &["bloom"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir, device, dtype| {
-        Ok(Box::new(BloomForCausalLM::from_dir_on(dir, device, dtype)?))
-    }),
-    load_task: None,
-    from_config: None,
-};

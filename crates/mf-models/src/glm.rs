@@ -723,6 +723,18 @@ impl PreTrainedModel for GlmForCausalLM {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "glm",
+    model_types: &["glm"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(GlmForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,15 +756,3 @@ mod tests {
         assert_eq!((v5.theta(), v5.rotary_dim()), (500000.0, 32));
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "glm",
-    model_types: &["glm"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir, device, dtype| {
-        Ok(Box::new(GlmForCausalLM::from_dir_on(dir, device, dtype)?))
-    }),
-    load_task: None,
-    from_config: None,
-};

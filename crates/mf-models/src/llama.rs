@@ -1243,6 +1243,18 @@ impl crate::parallel::ParallelLM for LlamaStage {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "llama",
+    model_types: &["llama", "qwen2"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(LlamaForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1279,15 +1291,3 @@ mod tests {
         c.validate("test").unwrap();
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "llama",
-    model_types: &["llama", "qwen2"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir, device, dtype| {
-        Ok(Box::new(LlamaForCausalLM::from_dir_on(dir, device, dtype)?))
-    }),
-    load_task: None,
-    from_config: None,
-};

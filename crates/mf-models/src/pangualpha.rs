@@ -916,6 +916,20 @@ impl crate::parallel::ParallelLM for PanguAlphaStage {
     }
 }
 
+/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
+pub const FAMILY: crate::auto::Family = crate::auto::Family {
+    name: "pangualpha",
+    model_types: &["pangualpha"],
+    tasks: &[crate::task::Task::CausalLM],
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(PanguAlphaHeadModel::from_dir_on(
+            dir, device, dtype,
+        )?))
+    }),
+    load_task: None,
+    from_config: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,17 +970,3 @@ mod tests {
         assert!(d < 1e-6, "{d}");
     }
 }
-
-/// The registry entry of this family (see [`crate::auto::FAMILIES`]).
-pub const FAMILY: crate::auto::Family = crate::auto::Family {
-    name: "pangualpha",
-    model_types: &["pangualpha"],
-    tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir, device, dtype| {
-        Ok(Box::new(PanguAlphaHeadModel::from_dir_on(
-            dir, device, dtype,
-        )?))
-    }),
-    load_task: None,
-    from_config: None,
-};
