@@ -1,7 +1,7 @@
 //! Instantiate a config and model through the model's own classes.
 //!
 //! Python: `GPT2Config.from_pretrained("gpt2_13b")`, `GPT2LMHeadModel.from_pretrained("gpt2_13b")`.
-use mindformers::{CausalLM, GPT2Config, GPT2LMHeadModel};
+use mindformers::{GPT2Config, GPT2LMHeadModel, PreTrainedModel};
 
 fn main() -> mindformers::Result<()> {
     let gpt_13b_config = GPT2Config::from_pretrained("gpt2_13b")?;

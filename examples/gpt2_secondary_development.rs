@@ -1,7 +1,7 @@
 //! Build a model from a hand-written config for secondary development (random weights).
 //!
 //! Python: `GPT2LMHeadModel(GPT2Config(hidden_size=768, num_layers=12))`.
-use mindformers::{CausalLM, GPT2Config, GPT2LMHeadModel};
+use mindformers::{GPT2Config, GPT2LMHeadModel, PreTrainedModel};
 
 fn main() -> mindformers::Result<()> {
     let gpt_config = GPT2Config {

@@ -42,7 +42,7 @@ fn main() -> mindformers::Result<()> {
     let model = GPT2LMHeadModel::new(&config)?;
     println!(
         "training a {}-parameter GPT-2 on {} for {steps} steps",
-        mindformers::CausalLM::num_parameters(&model),
+        mindformers::PreTrainedModel::num_parameters(&model),
         corpus.display()
     );
     let args = TrainingArguments {

@@ -11,7 +11,7 @@ use common::max_abs_diff;
 use mindformers::core::checkpoint::{save_safetensors, SafeTensors};
 use mindformers::{
     generate, AutoConfig, AutoModel, BloomConfig, BloomForCausalLM, CausalLM, ForwardInput,
-    GenerationConfig, ModelConfig,
+    GenerationConfig, ModelConfig, PreTrainedModel,
 };
 use serde_json::Value;
 use tch::{Kind, Tensor};

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mindformers::CausalLM;
+use mindformers::PreTrainedModel;
 
 fn example_bin(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; cargo builds examples beside them.

@@ -6,7 +6,9 @@ mod common;
 use std::cell::Cell;
 
 use mindformers::models::layers::KvCache;
-use mindformers::{generate, CausalLM, ForwardInput, GPT2LMHeadModel, GenerationConfig, Streamer};
+use mindformers::{
+    generate, CausalLM, ForwardInput, GPT2LMHeadModel, GenerationConfig, PreTrainedModel, Streamer,
+};
 use serde_json::Value;
 
 fn model() -> GPT2LMHeadModel {
@@ -302,11 +304,23 @@ impl CausalLM for Counting {
     fn max_positions(&self) -> Option<usize> {
         self.inner.max_positions()
     }
-    fn device(&self) -> tch::Device {
-        self.inner.device()
-    }
     fn generation_config(&self) -> GenerationConfig {
         self.inner.generation_config()
+    }
+}
+
+impl PreTrainedModel for Counting {
+    fn model_type(&self) -> &str {
+        self.inner.model_type()
+    }
+    fn task(&self) -> mindformers::Task {
+        self.inner.task()
+    }
+    fn config_json(&self) -> Value {
+        self.inner.config_json()
+    }
+    fn device(&self) -> tch::Device {
+        self.inner.device()
     }
     fn save_pretrained(&self, dir: &std::path::Path) -> mindformers::Result<()> {
         self.inner.save_pretrained(dir)

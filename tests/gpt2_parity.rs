@@ -4,7 +4,7 @@ mod common;
 
 use common::max_abs_diff;
 use mindformers::core::checkpoint::SafeTensors;
-use mindformers::{CausalLM, ForwardInput, GPT2LMHeadModel};
+use mindformers::{CausalLM, ForwardInput, GPT2LMHeadModel, PreTrainedModel};
 use tch::{Kind, Tensor};
 
 const TOL: f64 = 1e-4;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use common::max_abs_diff;
 use mindformers::core::checkpoint::{save_safetensors, SafeTensors};
-use mindformers::{AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2LMHeadModel};
+use mindformers::{
+    AutoConfig, AutoModel, CausalLM, ForwardInput, GPT2LMHeadModel, PreTrainedModel,
+};
 use tch::Tensor;
 
 #[test]

@@ -12,7 +12,7 @@ use mindformers::core::checkpoint::save_safetensors;
 use mindformers::models::lora::{self, LoraConfig};
 use mindformers::{
     CausalLM, ForwardInput, GPT2Config, GPT2LMHeadModel, GeneratorDataset, LlamaConfig,
-    LlamaForCausalLM, Trainer, TrainingArguments,
+    LlamaForCausalLM, PreTrainedModel, Trainer, TrainingArguments,
 };
 use tch::Tensor;
 

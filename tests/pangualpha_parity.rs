@@ -15,7 +15,7 @@ use common::max_abs_diff;
 use mindformers::core::checkpoint::{save_safetensors, SafeTensors};
 use mindformers::{
     generate, AutoConfig, AutoModel, CausalLM, ForwardInput, GenerationConfig, ModelConfig,
-    PanguAlphaConfig, PanguAlphaHeadModel,
+    PanguAlphaConfig, PanguAlphaHeadModel, PreTrainedModel,
 };
 use serde_json::Value;
 use tch::{Kind, Tensor};

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use mindformers::{
-    CausalLM, GPT2Config, GPT2LMHeadModel, GeneratorDataset, Trainer, TrainingArguments,
+    CausalLM, GPT2Config, GPT2LMHeadModel, GeneratorDataset, PreTrainedModel, Trainer,
+    TrainingArguments,
 };
 use tch::Tensor;
 

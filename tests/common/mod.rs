@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use mindformers::{CausalLM, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer};
+use mindformers::{GPT2Config, GPT2LMHeadModel, GPT2Tokenizer, PreTrainedModel};
 
 /// The committed fixture directory.
 pub fn fixtures() -> PathBuf {

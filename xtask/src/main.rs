@@ -281,8 +281,11 @@ fn json_line(cmd: &mut Command) -> Result<serde_json::Value> {
 /// mindformers-rs against transformers `generate` on the same machine, same threads, same run.
 fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str);
-    if !matches!(what, Some("generate" | "train" | "parallel" | "encode")) {
-        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel | encode [--threads N]");
+    if !matches!(
+        what,
+        Some("generate" | "train" | "parallel" | "encode" | "load")
+    ) {
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel | encode [--threads N] | load");
     }
     let threads = args
         .windows(2)
@@ -305,6 +308,9 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if what == Some("encode") {
         return bench_encode(&mf, &threads);
+    }
+    if what == Some("load") {
+        return bench_load(&mf);
     }
     // `--model llama`: a ~125M LLaMA with grouped-query attention, the same shape on both sides.
     let llama = args
@@ -564,6 +570,111 @@ fn bench_parallel(mf: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The median of some measurements.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The CPU's model name, for the report.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Loading a bf16 LLaMA-shaped checkpoint as a causal LM at bf16 on the CPU: `mf bench-load`
+/// against transformers' `AutoModelForCausalLM.from_pretrained(dir, dtype=torch.bfloat16)`,
+/// alternated (ours, theirs) for 3 rounds on the same file, medians reported.
+fn bench_load(mf: &Path) -> Result<()> {
+    // 16 layers, width 1536, 12 heads of 128, SwiGLU 4096, vocabulary 32000, untied head.
+    let shape = [
+        "num_layers=16",
+        "hidden_size=1536",
+        "num_heads=12",
+        "intermediate_size=4096",
+        "vocab_size=32000",
+        "tie_word_embeddings=false",
+    ];
+    let dir = root().join("target/bench-load/llama-1536x16-bf16");
+    if !dir.join("model.safetensors").exists() {
+        let mut init = Command::new(mf);
+        init.args(["init-model", "--preset", "llama2_7b", "--dtype", "bf16"]);
+        for s in shape {
+            init.args(["--set", s]);
+        }
+        run(init.arg("--output").arg(&dir))?;
+    }
+    let bytes = std::fs::metadata(dir.join("model.safetensors"))
+        .context("the bench checkpoint")?
+        .len() as f64;
+    let ckpt_mib = bytes / (1024.0 * 1024.0);
+    let dir_s = dir.display().to_string();
+    let args = ["--model", dir_s.as_str(), "--dtype", "bf16"];
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(json_line(Command::new(mf).arg("bench-load").args(args))?);
+        theirs.push(json_line(
+            Command::new(venv_python())
+                .arg(root().join("tools/bench/hf_load.py"))
+                .args(args),
+        )?);
+    }
+    let col = |runs: &[serde_json::Value], k: &str| -> Vec<f64> {
+        runs.iter().map(|v| v[k].as_f64().unwrap_or(0.0)).collect()
+    };
+    let params = ours[0]["parameters"].as_u64().unwrap_or(0);
+    println!(
+        "model: LLaMA, {}; {params} parameters; bf16 checkpoint {ckpt_mib:.0} MiB",
+        shape.join(", ")
+    );
+    println!("cpu: {}", cpu_model());
+    for (name, runs) in [("mindformers-rs", &ours), ("transformers", &theirs)] {
+        let fmt = |k: &str| {
+            col(runs, k)
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        println!(
+            "{name} rounds: load_s {} | peak_rss_mib {}",
+            fmt("load_s"),
+            fmt("peak_rss_mib")
+        );
+    }
+    let (ls, lt) = (median(col(&ours, "load_s")), median(col(&theirs, "load_s")));
+    let (rs, rt) = (
+        median(col(&ours, "peak_rss_mib")),
+        median(col(&theirs, "peak_rss_mib")),
+    );
+    println!("| | mindformers-rs | transformers | ratio (mf / HF) |\n|---|---|---|---|");
+    println!(
+        "| load s (median of 3) | {ls:.2} | {lt:.2} | {:.2}x |",
+        ls / lt
+    );
+    println!(
+        "| peak RSS MiB (median of 3) | {rs:.0} | {rt:.0} | {:.2}x |",
+        rs / rt
+    );
+    println!(
+        "| peak RSS / checkpoint size | {:.2} | {:.2} | |",
+        rs / ckpt_mib,
+        rt / ckpt_mib
+    );
+    Ok(())
+}
+
 /// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
 /// The machine a benchmark ran on: CPU model, its bf16 / AMX flags, and the commit.
 fn bench_header(threads: &str) -> String {
@@ -755,7 +866,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  reference            regenerate the reference fixtures with transformers"
             );
             bail!("unknown or missing command")
         }

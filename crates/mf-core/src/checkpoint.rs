@@ -1,5 +1,5 @@
-//! Safetensors checkpoint IO: memory-mapped reads (single file or sharded with an
-//! `*.index.json`), strict loading into named parameters, and atomic writes.
+//! Safetensors checkpoint IO: reads (single file or sharded with an `*.index.json`), strict
+//! loading into named parameters, and atomic writes.
 //!
 //! This is the one place where tensors cross the disk boundary.
 use std::collections::{BTreeMap, HashMap};
@@ -19,11 +19,16 @@ pub const WEIGHTS_INDEX_NAME: &str = "model.safetensors.index.json";
 
 struct Shard {
     path: PathBuf,
+    file: File,
+    /// The whole file, mapped for the header and the bounds checks only: tensor data is read
+    /// with `pread` into the tensor's own memory. Copying out of the mapping would fault the
+    /// file's pages into this process, and they count in its RSS for as long as the mapping
+    /// lives, so a load would peak at twice the checkpoint.
     mmap: Mmap,
     data_start: usize,
 }
 
-/// A read-only view of one or more memory-mapped safetensors files.
+/// A read-only view of one or more safetensors files.
 pub struct SafeTensors {
     origin: PathBuf,
     shards: Vec<Shard>,
@@ -129,6 +134,7 @@ impl SafeTensors {
             }
             shards.push(Shard {
                 path: path.clone(),
+                file,
                 mmap,
                 data_start,
             });
@@ -175,18 +181,53 @@ impl SafeTensors {
             )
         })?;
         let (start, end) = info.data_offsets;
-        let bytes = shard
-            .mmap
-            .get(shard.data_start + start..shard.data_start + end)
-            .ok_or_else(|| {
-                MfError::checkpoint(
-                    shard.path.display(),
-                    format!("tensor '{name}' is truncated"),
-                )
-            })?;
+        let truncated = || {
+            MfError::checkpoint(
+                shard.path.display(),
+                format!("tensor '{name}' is truncated"),
+            )
+        };
+        let (from, to) = (shard.data_start + start, shard.data_start + end);
+        if to > shard.mmap.len() || from > to {
+            return Err(truncated());
+        }
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
+        let t = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
+        let nbytes = t.numel() * kind.elt_size_in_bytes();
+        if nbytes != to - from {
+            return Err(MfError::checkpoint(
+                shard.path.display(),
+                format!(
+                    "tensor '{name}' holds {} bytes but its shape {shape:?} and dtype need \
+                     {nbytes}",
+                    to - from
+                ),
+            ));
+        }
+        if nbytes > 0 {
+            // SAFETY: `t` is a fresh contiguous CPU tensor of exactly `nbytes` bytes that
+            // nothing else references yet.
+            let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes) };
+            read_at(shard, buf, from).map_err(|e| MfError::io(&shard.path, e))?;
+        }
+        Ok(t)
     }
+}
+
+/// Fills `buf` from `offset` of the shard's file.
+#[cfg(unix)]
+fn read_at(shard: &Shard, buf: &mut [u8], offset: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    shard.file.read_exact_at(buf, offset as u64)
+}
+
+/// Fills `buf` from `offset` of the shard's file (through the mapping where `pread` is
+/// missing).
+#[cfg(not(unix))]
+fn read_at(shard: &Shard, buf: &mut [u8], offset: usize) -> std::io::Result<()> {
+    let _ = &shard.file;
+    buf.copy_from_slice(&shard.mmap[offset..offset + buf.len()]);
+    Ok(())
 }
 
 fn kind_of(d: Dtype) -> Option<Kind> {
@@ -313,7 +354,8 @@ pub fn load_parameters(
     Ok(())
 }
 
-fn preview(names: &[String]) -> String {
+/// The first names of a list, for an error message (`a, b, ... (12 in all)`).
+pub fn preview(names: &[String]) -> String {
     const MAX: usize = 8;
     let mut s = names
         .iter()

@@ -405,16 +405,21 @@ pub fn resolve_model_dir(name_or_dir: &str) -> Result<PathBuf> {
 pub struct AutoModel;
 
 impl AutoModel {
-    /// Loads a preset's weights (cache or hub) or a Hugging Face directory.
+    /// Loads a preset's weights (cache or hub) or a Hugging Face directory, on the CPU in f32.
     pub fn from_pretrained(name_or_dir: &str) -> Result<Box<dyn CausalLM>> {
+        Self::from_pretrained_on(name_or_dir, Device::Cpu, DType::F32)
+    }
+
+    /// Like `from_pretrained`, reading the weights straight at `dtype` on `device`.
+    pub fn from_pretrained_on(
+        name_or_dir: &str,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Box<dyn CausalLM>> {
         let dir = resolve_model_dir(name_or_dir)?;
-        match AutoConfig::from_json_file(&dir.join("config.json"))? {
-            ModelConfig::Gpt2(_) => Ok(Box::new(GPT2LMHeadModel::from_dir(&dir)?)),
-            ModelConfig::Llama(_) => Ok(Box::new(LlamaForCausalLM::from_dir(&dir)?)),
-            ModelConfig::Bloom(_) => Ok(Box::new(BloomForCausalLM::from_dir(&dir)?)),
-            ModelConfig::Glm(_) => Ok(Box::new(GlmForCausalLM::from_dir(&dir)?)),
-            ModelConfig::PanguAlpha(_) => Ok(Box::new(PanguAlphaHeadModel::from_dir(&dir)?)),
+        match AutoConfig::from_json_file(&config_file(&dir)?)? {
             ModelConfig::Bert(c) => Err(no_causal_head(&c.model_type)),
+            c => load_causal(&dir, c.model_type(), device, dtype),
         }
     }
 
@@ -431,13 +436,6 @@ impl AutoModel {
     }
 }
 
-/// Loads a directory as a causal LM.
-pub type LoadCausal = fn(&Path) -> Result<Box<dyn CausalLM>>;
-/// Loads a directory with a head, at a device and dtype.
-pub type LoadTask = fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>;
-/// Builds a randomly initialised model with a head from a config.
-pub type FromConfig = fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>;
-
 /// One model family, declared in its own file: the `model_type`s it serves, the heads it
 /// offers and how to load each. Adding a family is its file plus one line in [`FAMILIES`].
 pub struct Family {
@@ -447,13 +445,21 @@ pub struct Family {
     pub model_types: &'static [&'static str],
     /// Heads the family offers.
     pub tasks: &'static [Task],
-    /// Loads a directory as a causal LM (families with that head).
+    /// Loads a directory as a causal LM (families with that head), straight at the dtype and
+    /// device.
     pub load_causal: Option<LoadCausal>,
     /// Loads a directory with any other head, straight at the dtype and device.
     pub load_task: Option<LoadTask>,
     /// Builds a randomly initialised model with any non-causal head from its config.
     pub from_config: Option<FromConfig>,
 }
+
+/// How a [`Family`] loads a directory as a causal LM at a device and dtype.
+pub type LoadCausal = fn(&Path, Device, DType) -> Result<Box<dyn CausalLM>>;
+/// How a [`Family`] loads a directory with another head at a device and dtype.
+pub type LoadTask = fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>;
+/// How a [`Family`] builds a randomly initialised model with a non-causal head.
+pub type FromConfig = fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>;
 
 /// Every registered family.
 pub const FAMILIES: &[&Family] = &[
@@ -510,8 +516,8 @@ pub fn task_of_name(name: &str) -> Option<Task> {
     })
 }
 
-/// `model_type` (and the `architectures` head) of a model directory's `config.json`.
-pub fn read_model_type(dir: &Path) -> Result<(String, Option<Task>)> {
+/// A model directory's `config.json`, or a not-found error naming the directory.
+pub fn config_file(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("config.json");
     if !path.is_file() {
         return Err(MfError::NotFound(format!(
@@ -519,6 +525,25 @@ pub fn read_model_type(dir: &Path) -> Result<(String, Option<Task>)> {
             dir.display()
         )));
     }
+    Ok(path)
+}
+
+/// Loads a directory holding a `model_type` checkpoint as a causal LM, at `dtype` on `device`.
+fn load_causal(
+    dir: &Path,
+    model_type: &str,
+    device: Device,
+    dtype: DType,
+) -> Result<Box<dyn CausalLM>> {
+    match family(model_type)?.load_causal {
+        Some(load) => load(dir, device, dtype),
+        None => Err(no_causal_head(model_type)),
+    }
+}
+
+/// `model_type` (and the `architectures` head) of a model directory's `config.json`.
+pub fn read_model_type(dir: &Path) -> Result<(String, Option<Task>)> {
+    let path = config_file(dir)?;
     let v: serde_json::Value = mf_core::config::read_json(&path)?;
     let mt = v
         .get("model_type")
@@ -588,14 +613,20 @@ impl AutoModel {
 pub struct AutoModelForCausalLM;
 
 impl AutoModelForCausalLM {
-    /// Loads a preset, directory or hub name as a causal LM.
+    /// Loads a preset, directory or hub name as a causal LM, on the CPU in f32.
     pub fn from_pretrained(name_or_dir: &str) -> Result<Box<dyn CausalLM>> {
+        Self::from_pretrained_on(name_or_dir, Device::Cpu, DType::F32)
+    }
+
+    /// Like `from_pretrained`, reading the weights straight at `dtype` on `device`.
+    pub fn from_pretrained_on(
+        name_or_dir: &str,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Box<dyn CausalLM>> {
         let dir = resolve_model_dir(name_or_dir)?;
         let (mt, _) = read_model_type(&dir)?;
-        match family(&mt)?.load_causal {
-            Some(load) => load(&dir),
-            None => Err(no_causal_head(&mt)),
-        }
+        load_causal(&dir, &mt, device, dtype)
     }
 }
 

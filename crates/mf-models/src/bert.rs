@@ -985,6 +985,8 @@ macro_rules! head_class {
             }
 
             /// A randomly initialised model (or `checkpoint_name_or_path`'s weights).
+            // The head classes are names for `Bert` with one head, as transformers' classes
+            // are, so `new` returns the shared type.
             #[allow(clippy::new_ret_no_self)]
             pub fn new(config: &BertConfig) -> Result<Bert> {
                 Bert::new(config, $task)

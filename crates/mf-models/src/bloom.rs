@@ -11,19 +11,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::generation::GenerationConfig;
+use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
     alibi_slopes, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
     LayerNorm, RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::llama::{ids, opt_id};
 use crate::model::{CausalLM, ForwardInput};
+use crate::task::{PreTrainedModel, Task};
 
 /// BLOOM hyperparameters under Hugging Face `config.json` keys (`n_embed`, `n_layer`,
 /// `n_head`, ...), also accepting MindFormers' names (`num_layers`, `num_heads`,
@@ -247,7 +248,7 @@ struct Block {
 /// The BLOOM language model with its LM head.
 pub struct BloomForCausalLM {
     config: BloomConfig,
-    vs: nn::VarStore,
+    params: Params,
     word_embeddings: Tensor,
     word_embeddings_layernorm: LayerNorm,
     blocks: Vec<Block>,
@@ -271,22 +272,38 @@ impl std::fmt::Debug for BloomForCausalLM {
 
 impl BloomForCausalLM {
     /// A randomly initialised model (normal(0, initializer_range), norms 1, biases 0) on the
-    /// CPU in f32; with `checkpoint_name_or_path` set, that checkpoint's weights are loaded.
+    /// CPU in f32; with `checkpoint_name_or_path` set, it is built from that checkpoint's
+    /// weights instead.
     pub fn new(config: &BloomConfig) -> Result<Self> {
-        let model = Self::with_parallel(config, TensorParallel::single())?;
-        if !config.checkpoint_name_or_path.is_empty() {
-            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
-            model.load_weights(&SafeTensors::open(&dir)?)?;
+        if config.checkpoint_name_or_path.is_empty() {
+            return Self::with_parallel(config, TensorParallel::single());
         }
-        Ok(model)
+        let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        let single = TensorParallel::single();
+        Self::build(config, single, Some(&ckpt), Device::Cpu, DType::F32)
     }
 
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &BloomConfig, tp: TensorParallel) -> Result<Self> {
+        Self::build(config, tp, None, Device::Cpu, DType::F32)
+    }
+
+    /// The model with each parameter read from `ckpt` at `dtype` on `device`, or randomly
+    /// initialised without one.
+    fn build(
+        config: &BloomConfig,
+        tp: TensorParallel,
+        ckpt: Option<&SafeTensors>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate("BloomConfig")?;
         let heads = HeadShard::plan(config.n_head, config.n_head, tp.rank, tp.world_size)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        // BigScience's own checkpoints were saved from `BloomModel`: no `transformer.` prefix.
+        let candidates = |n: &str| prefixed_candidates(n, "transformer");
+        let pb = ParamBuilder::causal(ckpt, &candidates).at(device, dtype)?;
+        let root = Vars::root(&pb);
         let m = &root / "transformer";
         let (h, std, eps) = (
             config.hidden_size,
@@ -297,18 +314,16 @@ impl BloomForCausalLM {
         let word_embeddings = (&m / "word_embeddings").var(
             "weight",
             &[config.vocab_size as i64, h as i64],
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        );
-        let word_embeddings_layernorm = LayerNorm::new(&(&m / "word_embeddings_layernorm"), h, eps);
+            Init::Normal(std),
+        )?;
+        let word_embeddings_layernorm =
+            LayerNorm::new(&(&m / "word_embeddings_layernorm"), h, eps)?;
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let b = &m / "h" / i;
             let (a, p) = (&b / "self_attention", &b / "mlp");
             blocks.push(Block {
-                input_layernorm: LayerNorm::new(&(&b / "input_layernorm"), h, eps),
+                input_layernorm: LayerNorm::new(&(&b / "input_layernorm"), h, eps)?,
                 query_key_value: ColumnParallelLinear::new(
                     &(&a / "query_key_value"),
                     h,
@@ -323,7 +338,7 @@ impl BloomForCausalLM {
                     &(&b / "post_attention_layernorm"),
                     h,
                     eps,
-                ),
+                )?,
                 dense_h_to_4h: ColumnParallelLinear::new(
                     &(&p / "dense_h_to_4h"),
                     h,
@@ -344,7 +359,7 @@ impl BloomForCausalLM {
                 )?,
             });
         }
-        let ln_f = LayerNorm::new(&(&m / "ln_f"), h, eps);
+        let ln_f = LayerNorm::new(&(&m / "ln_f"), h, eps)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
@@ -360,10 +375,12 @@ impl BloomForCausalLM {
         };
         let first = (tp.rank * heads.q_heads) as i64;
         let slopes =
-            alibi_slopes(config.n_head, tch::Device::Cpu).narrow(0, first, heads.q_heads as i64);
+            alibi_slopes(config.n_head, pb.device()).narrow(0, first, heads.q_heads as i64);
+        let tied = config.tie_word_embeddings;
+        let params = pb.finish(&|n| tied && n == "lm_head.weight")?;
         Ok(BloomForCausalLM {
             config: config.clone(),
-            vs,
+            params,
             word_embeddings,
             word_embeddings_layernorm,
             blocks,
@@ -382,21 +399,26 @@ impl BloomForCausalLM {
         Self::from_dir(&dir)
     }
 
-    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory.
+    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory,
+    /// on the CPU in f32.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(MfError::NotFound(format!(
-                "{}: no config.json in this directory",
-                dir.display()
-            )));
-        }
-        let mut config = BloomConfig::from_json_file(&cfg_path)?;
-        // The directory's weights are loaded below, not a second time through the config.
+        Self::from_dir_on(dir, Device::Cpu, DType::F32)
+    }
+
+    /// Loads a directory with each parameter read straight from the checkpoint at `dtype` on
+    /// `device` (no f32 copy first).
+    pub fn from_dir_on(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let mut config = BloomConfig::from_json_file(crate::auto::config_file(dir)?)?;
+        // The directory's weights are read below, not a second time through the config.
         config.checkpoint_name_or_path.clear();
-        let model = Self::new(&config)?;
-        model.load_weights(&SafeTensors::open(dir)?)?;
-        Ok(model)
+        let ckpt = SafeTensors::open(dir)?;
+        Self::build(
+            &config,
+            TensorParallel::single(),
+            Some(&ckpt),
+            device,
+            dtype,
+        )
     }
 
     /// The config the model was built from.
@@ -404,9 +426,9 @@ impl BloomForCausalLM {
         &self.config
     }
 
-    /// The variable store holding every parameter (for optimizers).
+    /// A variable store over the model's parameters (for tch optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+        self.params.var_store()
     }
 
     /// ALiBi biases `[batch or 1, heads, 1, keys]` in `kind`: each head's slope times the key's
@@ -552,10 +574,6 @@ impl CausalLM for BloomForCausalLM {
         None
     }
 
-    fn device(&self) -> tch::Device {
-        self.word_embeddings.device()
-    }
-
     fn generation_config(&self) -> GenerationConfig {
         GenerationConfig {
             bos_token_id: self.config.bos_token_id,
@@ -568,27 +586,44 @@ impl CausalLM for BloomForCausalLM {
             ..GenerationConfig::default()
         }
     }
+}
 
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let kind = self.word_embeddings.kind();
-        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
+impl PreTrainedModel for BloomForCausalLM {
+    fn model_type(&self) -> &str {
+        "bloom"
+    }
+
+    fn task(&self) -> Task {
+        Task::CausalLM
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.word_embeddings.device()
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        let dev = device.to_tch()?;
-        // set_device/set_kind replace each variable's data in place, so the layers' handles
-        // see the change; the slopes are not parameters and stay f32, as in transformers.
-        self.vs.set_device(dev);
-        self.vs.set_kind(dtype.kind());
-        self.slopes = self.slopes.to_device(dev);
+        self.params.to(device, dtype)?;
+        // The slopes are not parameters and stay f32, as in transformers.
+        self.slopes = self.slopes.f_to_device(device.to_tch()?)?;
         Ok(())
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
     }
 
     /// Accepts HF names with or without the `transformer.` prefix (BigScience's own
     /// checkpoints were saved from `BloomModel` and have none); a tied checkpoint's
     /// `lm_head.weight` is skipped.
     fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
         let rename = |name: &str| -> Option<String> {
             if name.starts_with("transformer.") || name.starts_with("lm_head.") {
                 Some(name.to_string())
@@ -597,19 +632,12 @@ impl CausalLM for BloomForCausalLM {
             }
         };
         let tied = self.lm_head.is_none();
-        let ignore = |name: &str| tied && name == "lm_head.weight";
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
+        self.params
+            .load(ckpt, &rename, &|n| tied && n == "lm_head.weight")
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.params.save_pretrained(dir, self.config.to_hf_json())
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -626,10 +654,6 @@ impl CausalLM for BloomForCausalLM {
         }
         v
     }
-
-    fn num_parameters(&self) -> usize {
-        crate::model::count_parameters(&self.vs)
-    }
 }
 
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
@@ -637,7 +661,9 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "bloom",
     model_types: &["bloom"],
     tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(BloomForCausalLM::from_dir(dir)?))),
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(BloomForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
     load_task: None,
     from_config: None,
 };

@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::generation::GenerationConfig;
+use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
     apply_rotary_interleaved, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard,
     KvCache, RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel,
@@ -25,6 +25,7 @@ use crate::layers::{
 };
 use crate::llama::{ids, opt_id, RopeScalingConfig};
 use crate::model::{CausalLM, ForwardInput};
+use crate::task::{PreTrainedModel, Task};
 
 /// GLM-4 hyperparameters under Hugging Face `config.json` keys (transformers 4.x top-level
 /// `rope_theta` / `partial_rotary_factor` and 5.x `rope_parameters` both read), also accepting
@@ -337,7 +338,7 @@ struct Layer {
 /// The GLM-4 language model with its LM head.
 pub struct GlmForCausalLM {
     config: GlmConfig,
-    vs: nn::VarStore,
+    params: Params,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -361,18 +362,32 @@ impl std::fmt::Debug for GlmForCausalLM {
 
 impl GlmForCausalLM {
     /// A randomly initialised model (normal(0, initializer_range), norms 1, biases 0) on the
-    /// CPU in f32; with `checkpoint_name_or_path` set, that checkpoint's weights are loaded.
+    /// CPU in f32; with `checkpoint_name_or_path` set, it is built from that checkpoint's
+    /// weights instead.
     pub fn new(config: &GlmConfig) -> Result<Self> {
-        let model = Self::with_parallel(config, TensorParallel::single())?;
-        if !config.checkpoint_name_or_path.is_empty() {
-            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
-            model.load_weights(&SafeTensors::open(&dir)?)?;
+        if config.checkpoint_name_or_path.is_empty() {
+            return Self::with_parallel(config, TensorParallel::single());
         }
-        Ok(model)
+        let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        let single = TensorParallel::single();
+        Self::build(config, single, Some(&ckpt), Device::Cpu, DType::F32)
     }
 
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &GlmConfig, tp: TensorParallel) -> Result<Self> {
+        Self::build(config, tp, None, Device::Cpu, DType::F32)
+    }
+
+    /// The model with each parameter read from `ckpt` at `dtype` on `device`, or randomly
+    /// initialised without one.
+    fn build(
+        config: &GlmConfig,
+        tp: TensorParallel,
+        ckpt: Option<&SafeTensors>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate("GlmConfig")?;
         let heads = HeadShard::plan(
             config.num_attention_heads,
@@ -381,9 +396,12 @@ impl GlmForCausalLM {
             tp.world_size,
         )?;
         let hd = config.head_size();
-        let rope = RotaryEmbedding::new(config.rotary_dim(), config.theta(), RopeScaling::None)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        let mut rope =
+            RotaryEmbedding::new(config.rotary_dim(), config.theta(), RopeScaling::None)?;
+        // Checkpoints saved from `GlmModel` have no `model.` prefix.
+        let candidates = |n: &str| prefixed_candidates(n, "model");
+        let pb = ParamBuilder::causal(ckpt, &candidates).at(device, dtype)?;
+        let root = Vars::root(&pb);
         let m = &root / "model";
         let (h, std, f) = (
             config.hidden_size,
@@ -394,11 +412,8 @@ impl GlmForCausalLM {
         let embed_tokens = (&m / "embed_tokens").var(
             "weight",
             &[config.vocab_size as i64, h as i64],
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        );
+            Init::Normal(std),
+        )?;
         let lay = WeightLayout::OutIn;
         let eps = config.rms_norm_eps;
         let bias = config.attention_bias;
@@ -412,12 +427,12 @@ impl GlmForCausalLM {
                 ColumnParallelLinear::with_local_out(&(&a / name), h, kv_out, bias, lay, tp, std)
             };
             layers.push(Layer {
-                input_layernorm: RmsNorm::new(&(&l / "input_layernorm"), h, eps),
+                input_layernorm: RmsNorm::new(&(&l / "input_layernorm"), h, eps)?,
                 q_proj: ColumnParallelLinear::new(&(&a / "q_proj"), h, q_out, bias, lay, tp, std)?,
                 k_proj: kv("k_proj")?,
                 v_proj: kv("v_proj")?,
                 o_proj: RowParallelLinear::new(&(&a / "o_proj"), q_out, h, false, lay, tp, std)?,
-                post_attention_layernorm: RmsNorm::new(&(&l / "post_attention_layernorm"), h, eps),
+                post_attention_layernorm: RmsNorm::new(&(&l / "post_attention_layernorm"), h, eps)?,
                 gate_up_proj: ColumnParallelLinear::new(
                     &(&p / "gate_up_proj"),
                     h,
@@ -430,7 +445,7 @@ impl GlmForCausalLM {
                 down_proj: RowParallelLinear::new(&(&p / "down_proj"), f, h, false, lay, tp, std)?,
             });
         }
-        let norm = RmsNorm::new(&(&m / "norm"), h, eps);
+        let norm = RmsNorm::new(&(&m / "norm"), h, eps)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
@@ -444,13 +459,16 @@ impl GlmForCausalLM {
                 std,
             )?)
         };
+        rope.to_device(pb.device());
+        let tied = config.tie_word_embeddings;
+        let params = pb.finish(&|n| ignored(tied, n))?;
         Ok(GlmForCausalLM {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
             heads,
             rope,
             config: config.clone(),
-            vs,
+            params,
             embed_tokens,
             layers,
             norm,
@@ -465,21 +483,26 @@ impl GlmForCausalLM {
         Self::from_dir(&dir)
     }
 
-    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory.
+    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory,
+    /// on the CPU in f32.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(MfError::NotFound(format!(
-                "{}: no config.json in this directory",
-                dir.display()
-            )));
-        }
-        let mut config = GlmConfig::from_json_file(&cfg_path)?;
-        // The directory's weights are loaded below, not a second time through the config.
+        Self::from_dir_on(dir, Device::Cpu, DType::F32)
+    }
+
+    /// Loads a directory with each parameter read straight from the checkpoint at `dtype` on
+    /// `device` (no f32 copy first).
+    pub fn from_dir_on(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let mut config = GlmConfig::from_json_file(crate::auto::config_file(dir)?)?;
+        // The directory's weights are read below, not a second time through the config.
         config.checkpoint_name_or_path.clear();
-        let model = Self::new(&config)?;
-        model.load_weights(&SafeTensors::open(dir)?)?;
-        Ok(model)
+        let ckpt = SafeTensors::open(dir)?;
+        Self::build(
+            &config,
+            TensorParallel::single(),
+            Some(&ckpt),
+            device,
+            dtype,
+        )
     }
 
     /// The config the model was built from.
@@ -487,9 +510,9 @@ impl GlmForCausalLM {
         &self.config
     }
 
-    /// The variable store holding every parameter (for optimizers).
+    /// A variable store over the model's parameters (for tch optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+        self.params.var_store()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -616,10 +639,6 @@ impl CausalLM for GlmForCausalLM {
         None
     }
 
-    fn device(&self) -> tch::Device {
-        self.embed_tokens.device()
-    }
-
     fn generation_config(&self) -> GenerationConfig {
         GenerationConfig {
             bos_token_id: self.config.bos_token_id,
@@ -632,26 +651,48 @@ impl CausalLM for GlmForCausalLM {
             ..GenerationConfig::default()
         }
     }
+}
 
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let kind = self.embed_tokens.kind();
-        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
+/// Checkpoint tensors that are not parameters: RoPE buffers, a tied head's copy.
+fn ignored(tied: bool, name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight")
+}
+
+impl PreTrainedModel for GlmForCausalLM {
+    fn model_type(&self) -> &str {
+        "glm"
+    }
+
+    fn task(&self) -> Task {
+        Task::CausalLM
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        let dev = device.to_tch()?;
-        // set_device/set_kind replace each variable's data in place, so the layers' handles
-        // see the change; the RoPE table is not a parameter and stays f32.
-        self.vs.set_device(dev);
-        self.vs.set_kind(dtype.kind());
-        self.rope.to_device(dev);
+        self.params.to(device, dtype)?;
+        // The RoPE table is not a parameter and stays f32.
+        self.rope.to_device(device.to_tch()?);
         Ok(())
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
     }
 
     /// Accepts HF names with or without the `model.` prefix; a tied checkpoint's
     /// `lm_head.weight` and `rotary_emb.inv_freq` buffers are skipped.
     fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
         let rename = |name: &str| -> Option<String> {
             if name.starts_with("model.") || name.starts_with("lm_head.") {
                 Some(name.to_string())
@@ -660,21 +701,11 @@ impl CausalLM for GlmForCausalLM {
             }
         };
         let tied = self.lm_head.is_none();
-        let ignore = |name: &str| {
-            name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight")
-        };
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
+        self.params.load(ckpt, &rename, &|n| ignored(tied, n))
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.params.save_pretrained(dir, self.config.to_hf_json())
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -690,10 +721,6 @@ impl CausalLM for GlmForCausalLM {
         }
         v
     }
-
-    fn num_parameters(&self) -> usize {
-        crate::model::count_parameters(&self.vs)
-    }
 }
 
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
@@ -701,7 +728,9 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "glm",
     model_types: &["glm"],
     tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(GlmForCausalLM::from_dir(dir)?))),
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(GlmForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
     load_task: None,
     from_config: None,
 };

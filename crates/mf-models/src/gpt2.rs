@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::generation::GenerationConfig;
+use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
     attention_mask, sdpa, AttnMask, ColumnParallelLinear, KvCache, LayerNorm, RowParallelLinear,
     TensorParallel, WeightLayout,
 };
 use crate::model::{CausalLM, ForwardInput};
+use crate::task::{PreTrainedModel, Task};
 
 /// GPT-2 hyperparameters. Accepts MindFormers' names (`hidden_size`, `num_layers`,
 /// `num_heads`, `seq_length`) and Hugging Face `config.json` keys (`n_embd`, `n_layer`,
@@ -238,16 +239,16 @@ struct Block {
 
 impl Block {
     /// Block `b` (`transformer.h.{i}`) at a tensor-parallel position, HF's initialisation.
-    fn new(b: &nn::Path, config: &GPT2Config, tp: TensorParallel) -> Result<Self> {
+    fn new(b: &Vars, config: &GPT2Config, tp: TensorParallel) -> Result<Self> {
         let (h, std) = (config.hidden_size, config.initializer_range);
         let proj_std = std / (2.0 * config.num_layers as f64).sqrt();
         let (attn, mlp) = (b / "attn", b / "mlp");
         let lay = WeightLayout::InOut;
         Ok(Block {
-            ln_1: LayerNorm::new(&(b / "ln_1"), h, config.layernorm_epsilon),
+            ln_1: LayerNorm::new(&(b / "ln_1"), h, config.layernorm_epsilon)?,
             c_attn: ColumnParallelLinear::new(&(&attn / "c_attn"), h, 3 * h, true, lay, tp, std)?,
             attn_proj: RowParallelLinear::new(&(&attn / "c_proj"), h, h, true, lay, tp, proj_std)?,
-            ln_2: LayerNorm::new(&(b / "ln_2"), h, config.layernorm_epsilon),
+            ln_2: LayerNorm::new(&(b / "ln_2"), h, config.layernorm_epsilon)?,
             c_fc: ColumnParallelLinear::new(
                 &(&mlp / "c_fc"),
                 h,
@@ -273,7 +274,7 @@ impl Block {
 /// The GPT-2 language model with its LM head.
 pub struct GPT2LMHeadModel {
     config: GPT2Config,
-    vs: nn::VarStore,
+    params: Params,
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
@@ -296,39 +297,52 @@ impl std::fmt::Debug for GPT2LMHeadModel {
 impl GPT2LMHeadModel {
     /// A randomly initialised model (HF's scheme: normal(0, initializer_range), residual
     /// projections scaled by 1/sqrt(2·num_layers)) on the CPU in f32; with
-    /// `checkpoint_name_or_path` set, that checkpoint's weights are loaded into it.
+    /// `checkpoint_name_or_path` set, it is built from that checkpoint's weights instead.
     pub fn new(config: &GPT2Config) -> Result<Self> {
-        let model = Self::with_parallel(config, TensorParallel::single())?;
-        if !config.checkpoint_name_or_path.is_empty() {
-            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
-            model.load_weights(&SafeTensors::open(&dir)?)?;
+        if config.checkpoint_name_or_path.is_empty() {
+            return Self::with_parallel(config, TensorParallel::single());
         }
-        Ok(model)
+        let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        let single = TensorParallel::single();
+        Self::build(config, single, Some(&ckpt), Device::Cpu, DType::F32)
     }
 
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &GPT2Config, tp: TensorParallel) -> Result<Self> {
+        Self::build(config, tp, None, Device::Cpu, DType::F32)
+    }
+
+    /// The model with each parameter read from `ckpt` at `dtype` on `device`, or randomly
+    /// initialised without one.
+    fn build(
+        config: &GPT2Config,
+        tp: TensorParallel,
+        ckpt: Option<&SafeTensors>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate("GPT2Config")?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        // Checkpoints saved from `GPT2Model` have no `transformer.` prefix.
+        let candidates = |n: &str| prefixed_candidates(n, "transformer");
+        let pb = ParamBuilder::causal(ckpt, &candidates).at(device, dtype)?;
+        let root = Vars::root(&pb);
         let t = &root / "transformer";
         let (h, std) = (config.hidden_size, config.initializer_range);
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        };
-        let wte = (&t / "wte").var("weight", &[config.vocab_size as i64, h as i64], normal);
-        let wpe = (&t / "wpe").var("weight", &[config.seq_length as i64, h as i64], normal);
+        let normal = Init::Normal(std);
+        let wte = (&t / "wte").var("weight", &[config.vocab_size as i64, h as i64], normal)?;
+        let wpe = (&t / "wpe").var("weight", &[config.seq_length as i64, h as i64], normal)?;
         let blocks = (0..config.num_layers)
             .map(|i| Block::new(&(&t / "h" / i), config, tp))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(&(&t / "ln_f"), h, config.layernorm_epsilon);
+        let ln_f = LayerNorm::new(&(&t / "ln_f"), h, config.layernorm_epsilon)?;
+        let params = pb.finish(&ignored)?;
         Ok(GPT2LMHeadModel {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
             head_t: Default::default(),
             config: config.clone(),
-            vs,
+            params,
             wte,
             wpe,
             blocks,
@@ -343,19 +357,25 @@ impl GPT2LMHeadModel {
         Self::from_dir(&dir)
     }
 
-    /// Loads `config.json` + safetensors weights from a directory.
+    /// Loads `config.json` + safetensors weights from a directory, on the CPU in f32.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(MfError::NotFound(format!(
-                "{}: no config.json in this directory",
-                dir.display()
-            )));
-        }
-        let config = GPT2Config::from_json_file(&cfg_path)?;
-        let model = Self::new(&config)?;
-        model.load_weights(&SafeTensors::open(dir)?)?;
-        Ok(model)
+        Self::from_dir_on(dir, Device::Cpu, DType::F32)
+    }
+
+    /// Loads a directory with each parameter read straight from the checkpoint at `dtype` on
+    /// `device` (no f32 copy first).
+    pub fn from_dir_on(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let mut config = GPT2Config::from_json_file(crate::auto::config_file(dir)?)?;
+        // The directory's weights are read below, not a second time through the config.
+        config.checkpoint_name_or_path.clear();
+        let ckpt = SafeTensors::open(dir)?;
+        Self::build(
+            &config,
+            TensorParallel::single(),
+            Some(&ckpt),
+            device,
+            dtype,
+        )
     }
 
     /// The config the model was built from.
@@ -363,9 +383,9 @@ impl GPT2LMHeadModel {
         &self.config
     }
 
-    /// The variable store holding every parameter (for optimizers).
+    /// A variable store over the model's parameters (for tch optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+        self.params.var_store()
     }
 
     fn block_forward(
@@ -501,10 +521,6 @@ impl CausalLM for GPT2LMHeadModel {
         Some(self.config.seq_length)
     }
 
-    fn device(&self) -> tch::Device {
-        self.wte.device()
-    }
-
     fn generation_config(&self) -> GenerationConfig {
         GenerationConfig {
             bos_token_id: Some(self.config.bos_token_id),
@@ -515,22 +531,50 @@ impl CausalLM for GPT2LMHeadModel {
         }
     }
 
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let kind = self.wte.kind();
-        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::Gpt2(self.config.clone()))
+    }
+}
+
+/// Checkpoint tensors that are not parameters: old checkpoints' causal-mask buffers and the
+/// tied head's copy.
+fn ignored(name: &str) -> bool {
+    name.ends_with(".attn.bias") && !name.contains("c_attn")
+        || name.ends_with(".attn.masked_bias")
+        || name == "lm_head.weight"
+}
+
+impl PreTrainedModel for GPT2LMHeadModel {
+    fn model_type(&self) -> &str {
+        "gpt2"
+    }
+
+    fn task(&self) -> Task {
+        Task::CausalLM
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.wte.device()
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        self.vs.set_device(device.to_tch()?);
-        // set_device/set_kind replace the data of each variable in place, so the handles held
-        // by the layers see the change.
-        self.vs.set_kind(dtype.kind());
-        Ok(())
+        self.params.to(device, dtype)
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
     }
 
     /// Accepts HF names with or without the `transformer.` prefix.
     fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
         let rename = |name: &str| -> Option<String> {
             if name.starts_with("transformer.") {
                 Some(name.to_string())
@@ -538,28 +582,11 @@ impl CausalLM for GPT2LMHeadModel {
                 Some(format!("transformer.{name}"))
             }
         };
-        // Causal-mask buffers of old checkpoints and the tied head are not parameters.
-        let ignore = |name: &str| {
-            name.ends_with(".attn.bias") && !name.contains("c_attn")
-                || name.ends_with(".attn.masked_bias")
-                || name == "lm_head.weight"
-        };
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
+        self.params.load(ckpt, &rename, &ignored)
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
-    }
-
-    fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::Gpt2(self.config.clone()))
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.params.save_pretrained(dir, self.config.to_hf_json())
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -573,10 +600,6 @@ impl CausalLM for GPT2LMHeadModel {
         }
         v
     }
-
-    fn num_parameters(&self) -> usize {
-        crate::model::count_parameters(&self.vs)
-    }
 }
 
 /// One pipeline stage of GPT-2 at one tensor-parallel position, driven by mf-parallel: q/k/v
@@ -585,7 +608,7 @@ impl CausalLM for GPT2LMHeadModel {
 pub struct GPT2Stage {
     config: GPT2Config,
     spec: crate::parallel::StageSpec,
-    vs: nn::VarStore,
+    params: Params,
     wte: Option<Tensor>,
     wpe: Option<Tensor>,
     blocks: Vec<Block>,
@@ -606,23 +629,22 @@ impl GPT2Stage {
             )));
         }
         tp.shard(config.num_heads, "attention heads")?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let t = vs.root() / "transformer";
+        let pb = ParamBuilder::random();
+        let t = Vars::root(&pb) / "transformer";
         let h = config.hidden_size as i64;
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: config.initializer_range,
-        };
+        let normal = Init::Normal(config.initializer_range);
         let vocab = if spec.vocab_parallel {
             tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
         } else {
             config.vocab_size as i64
         };
-        let wte =
-            (spec.first || spec.last).then(|| (&t / "wte").var("weight", &[vocab, h], normal));
+        let wte = (spec.first || spec.last)
+            .then(|| (&t / "wte").var("weight", &[vocab, h], normal))
+            .transpose()?;
         let wpe = spec
             .first
-            .then(|| (&t / "wpe").var("weight", &[config.seq_length as i64, h], normal));
+            .then(|| (&t / "wpe").var("weight", &[config.seq_length as i64, h], normal))
+            .transpose()?;
         let blocks = spec
             .layers
             .clone()
@@ -630,13 +652,15 @@ impl GPT2Stage {
             .collect::<Result<Vec<_>>>()?;
         let ln_f = spec
             .last
-            .then(|| LayerNorm::new(&(&t / "ln_f"), config.hidden_size, config.layernorm_epsilon));
+            .then(|| LayerNorm::new(&(&t / "ln_f"), config.hidden_size, config.layernorm_epsilon))
+            .transpose()?;
+        let params = pb.finish(&|_| false)?;
         Ok(GPT2Stage {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
             config: config.clone(),
             spec,
-            vs,
+            params,
             wte,
             wpe,
             blocks,
@@ -655,7 +679,7 @@ impl crate::parallel::ParallelLM for GPT2Stage {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
+        self.params.list()
     }
 
     fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
@@ -803,7 +827,9 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "gpt2",
     model_types: &["gpt2"],
     tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(GPT2LMHeadModel::from_dir(dir)?))),
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(GPT2LMHeadModel::from_dir_on(dir, device, dtype)?))
+    }),
     load_task: None,
     from_config: None,
 };

@@ -10,18 +10,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Deserializer, Serialize};
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::generation::GenerationConfig;
+use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
     apply_rotary, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
     RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::model::{CausalLM, ForwardInput};
+use crate::task::{PreTrainedModel, Task};
 
 /// The `rope_scaling` (transformers 4.x) or `rope_parameters` (5.x) object of `config.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -605,12 +606,7 @@ fn attention_plan(
 
 impl Layer {
     /// Layer `l` (`model.layers.{i}`) at a tensor-parallel position, HF's initialisation.
-    fn new(
-        l: &nn::Path,
-        config: &LlamaConfig,
-        tp: TensorParallel,
-        heads: &HeadShard,
-    ) -> Result<Self> {
+    fn new(l: &Vars, config: &LlamaConfig, tp: TensorParallel, heads: &HeadShard) -> Result<Self> {
         let (h, std, f) = (
             config.hidden_size,
             config.initializer_range,
@@ -633,12 +629,12 @@ impl Layer {
         let mlp_col =
             |name: &str| ColumnParallelLinear::new(&(&p / name), h, f, mlp_bias, lay, tp, std);
         Ok(Layer {
-            input_layernorm: RmsNorm::new(&(l / "input_layernorm"), h, eps),
+            input_layernorm: RmsNorm::new(&(l / "input_layernorm"), h, eps)?,
             q_proj: col("q_proj", q_out, qkv_bias)?,
             k_proj: kv("k_proj")?,
             v_proj: kv("v_proj")?,
             o_proj: RowParallelLinear::new(&(&a / "o_proj"), q_out, h, o_bias, lay, tp, std)?,
-            post_attention_layernorm: RmsNorm::new(&(l / "post_attention_layernorm"), h, eps),
+            post_attention_layernorm: RmsNorm::new(&(l / "post_attention_layernorm"), h, eps)?,
             gate_proj: mlp_col("gate_proj")?,
             up_proj: mlp_col("up_proj")?,
             down_proj: RowParallelLinear::new(&(&p / "down_proj"), f, h, mlp_bias, lay, tp, std)?,
@@ -649,7 +645,7 @@ impl Layer {
 /// The LLaMA language model with its LM head (also Qwen2 checkpoints).
 pub struct LlamaForCausalLM {
     config: LlamaConfig,
-    vs: nn::VarStore,
+    params: Params,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -673,37 +669,51 @@ impl std::fmt::Debug for LlamaForCausalLM {
 
 impl LlamaForCausalLM {
     /// A randomly initialised model (HF's scheme: normal(0, initializer_range), norms 1,
-    /// biases 0) on the CPU in f32; with `checkpoint_name_or_path` set, that checkpoint's
-    /// weights are loaded into it.
+    /// biases 0) on the CPU in f32; with `checkpoint_name_or_path` set, it is built from that
+    /// checkpoint's weights instead.
     pub fn new(config: &LlamaConfig) -> Result<Self> {
-        let model = Self::with_parallel(config, TensorParallel::single())?;
-        if !config.checkpoint_name_or_path.is_empty() {
-            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
-            model.load_weights(&SafeTensors::open(&dir)?)?;
+        if config.checkpoint_name_or_path.is_empty() {
+            return Self::with_parallel(config, TensorParallel::single());
         }
-        Ok(model)
+        let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        let single = TensorParallel::single();
+        Self::build(config, single, Some(&ckpt), Device::Cpu, DType::F32)
     }
 
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &LlamaConfig, tp: TensorParallel) -> Result<Self> {
+        Self::build(config, tp, None, Device::Cpu, DType::F32)
+    }
+
+    /// The model with each parameter read from `ckpt` at `dtype` on `device`, or randomly
+    /// initialised without one.
+    fn build(
+        config: &LlamaConfig,
+        tp: TensorParallel,
+        ckpt: Option<&SafeTensors>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate("LlamaConfig")?;
-        let (heads, rope, hd) = attention_plan(config, tp)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        let (heads, mut rope, hd) = attention_plan(config, tp)?;
+        // Checkpoints saved from `LlamaModel` have no `model.` prefix.
+        let candidates = |n: &str| prefixed_candidates(n, "model");
+        let pb = ParamBuilder::causal(ckpt, &candidates).at(device, dtype)?;
+        let root = Vars::root(&pb);
         let m = &root / "model";
         let (h, std) = (config.hidden_size, config.initializer_range);
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        };
-        let embed_tokens =
-            (&m / "embed_tokens").var("weight", &[config.vocab_size as i64, h as i64], normal);
+        let embed_tokens = (&m / "embed_tokens").var(
+            "weight",
+            &[config.vocab_size as i64, h as i64],
+            Init::Normal(std),
+        )?;
         let lay = WeightLayout::OutIn;
         let eps = config.rms_norm_eps;
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::new(&(&m / "layers" / i), config, tp, &heads))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(&(&m / "norm"), h, eps);
+        let norm = RmsNorm::new(&(&m / "norm"), h, eps)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
@@ -717,13 +727,16 @@ impl LlamaForCausalLM {
                 std,
             )?)
         };
+        rope.to_device(pb.device());
+        let tied = config.tie_word_embeddings;
+        let params = pb.finish(&|n| ignored(tied, n))?;
         Ok(LlamaForCausalLM {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
             heads,
             rope,
             config: config.clone(),
-            vs,
+            params,
             embed_tokens,
             layers,
             norm,
@@ -739,21 +752,26 @@ impl LlamaForCausalLM {
         Self::from_dir(&dir)
     }
 
-    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory.
+    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory,
+    /// on the CPU in f32.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(MfError::NotFound(format!(
-                "{}: no config.json in this directory",
-                dir.display()
-            )));
-        }
-        let mut config = LlamaConfig::from_json_file(&cfg_path)?;
-        // The directory's weights are loaded below, not a second time through the config.
+        Self::from_dir_on(dir, Device::Cpu, DType::F32)
+    }
+
+    /// Loads a directory with each parameter read straight from the checkpoint at `dtype` on
+    /// `device` (no f32 copy first).
+    pub fn from_dir_on(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let mut config = LlamaConfig::from_json_file(crate::auto::config_file(dir)?)?;
+        // The directory's weights are read below, not a second time through the config.
         config.checkpoint_name_or_path.clear();
-        let model = Self::new(&config)?;
-        model.load_weights(&SafeTensors::open(dir)?)?;
-        Ok(model)
+        let ckpt = SafeTensors::open(dir)?;
+        Self::build(
+            &config,
+            TensorParallel::single(),
+            Some(&ckpt),
+            device,
+            dtype,
+        )
     }
 
     /// The config the model was built from.
@@ -761,9 +779,9 @@ impl LlamaForCausalLM {
         &self.config
     }
 
-    /// The variable store holding every parameter (for optimizers).
+    /// A variable store over the model's parameters (for tch optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+        self.params.var_store()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -899,10 +917,6 @@ impl CausalLM for LlamaForCausalLM {
         None
     }
 
-    fn device(&self) -> tch::Device {
-        self.embed_tokens.device()
-    }
-
     fn generation_config(&self) -> GenerationConfig {
         GenerationConfig {
             bos_token_id: self.config.bos_token_id,
@@ -916,25 +930,51 @@ impl CausalLM for LlamaForCausalLM {
         }
     }
 
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let kind = self.embed_tokens.kind();
-        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::Llama(self.config.clone()))
+    }
+}
+
+/// Checkpoint tensors that are not parameters: old RoPE buffers, a tied head's copy.
+fn ignored(tied: bool, name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight")
+}
+
+impl PreTrainedModel for LlamaForCausalLM {
+    fn model_type(&self) -> &str {
+        &self.config.model_type
+    }
+
+    fn task(&self) -> Task {
+        Task::CausalLM
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        let dev = device.to_tch()?;
-        self.vs.set_device(dev);
-        // set_device/set_kind replace each variable's data in place, so the layers' handles
-        // see the change; the RoPE table is not a parameter and stays f32.
-        self.vs.set_kind(dtype.kind());
-        self.rope.to_device(dev);
+        self.params.to(device, dtype)?;
+        // The RoPE table is not a parameter and stays f32.
+        self.rope.to_device(device.to_tch()?);
         Ok(())
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
     }
 
     /// Accepts HF names with or without the `model.` prefix; a tied checkpoint's
     /// `lm_head.weight` and old `rotary_emb.inv_freq` buffers are skipped.
     fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
         let rename = |name: &str| -> Option<String> {
             if name.starts_with("model.") || name.starts_with("lm_head.") {
                 Some(name.to_string())
@@ -943,25 +983,11 @@ impl CausalLM for LlamaForCausalLM {
             }
         };
         let tied = self.lm_head.is_none();
-        let ignore = |name: &str| {
-            name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight")
-        };
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
+        self.params.load(ckpt, &rename, &|n| ignored(tied, n))
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
-    }
-
-    fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::Llama(self.config.clone()))
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.params.save_pretrained(dir, self.config.to_hf_json())
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -978,10 +1004,6 @@ impl CausalLM for LlamaForCausalLM {
         }
         v
     }
-
-    fn num_parameters(&self) -> usize {
-        crate::model::count_parameters(&self.vs)
-    }
 }
 
 /// One pipeline stage of LLaMA at one tensor-parallel position, driven by mf-parallel:
@@ -990,7 +1012,7 @@ impl CausalLM for LlamaForCausalLM {
 pub struct LlamaStage {
     config: LlamaConfig,
     spec: crate::parallel::StageSpec,
-    vs: nn::VarStore,
+    params: Params,
     embed_tokens: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Option<RmsNorm>,
@@ -1020,14 +1042,11 @@ impl LlamaStage {
             )));
         }
         let (heads, rope, hd) = attention_plan(config, tp)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        let pb = ParamBuilder::random();
+        let root = Vars::root(&pb);
         let m = &root / "model";
         let h = config.hidden_size as i64;
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: config.initializer_range,
-        };
+        let normal = Init::Normal(config.initializer_range);
         let vocab = if spec.vocab_parallel {
             tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
         } else {
@@ -1035,9 +1054,11 @@ impl LlamaStage {
         };
         let tied = config.tie_word_embeddings;
         let embed_tokens = (spec.first || (tied && spec.last))
-            .then(|| (&m / "embed_tokens").var("weight", &[vocab, h], normal));
-        let lm_head =
-            (spec.last && !tied).then(|| (&root / "lm_head").var("weight", &[vocab, h], normal));
+            .then(|| (&m / "embed_tokens").var("weight", &[vocab, h], normal))
+            .transpose()?;
+        let lm_head = (spec.last && !tied)
+            .then(|| (&root / "lm_head").var("weight", &[vocab, h], normal))
+            .transpose()?;
         let layers = spec
             .layers
             .clone()
@@ -1045,7 +1066,9 @@ impl LlamaStage {
             .collect::<Result<Vec<_>>>()?;
         let norm = spec
             .last
-            .then(|| RmsNorm::new(&(&m / "norm"), config.hidden_size, config.rms_norm_eps));
+            .then(|| RmsNorm::new(&(&m / "norm"), config.hidden_size, config.rms_norm_eps))
+            .transpose()?;
+        let params = pb.finish(&|_| false)?;
         Ok(LlamaStage {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             head_dim: hd as i64,
@@ -1053,7 +1076,7 @@ impl LlamaStage {
             rope,
             config: config.clone(),
             spec,
-            vs,
+            params,
             embed_tokens,
             layers,
             norm,
@@ -1072,7 +1095,7 @@ impl crate::parallel::ParallelLM for LlamaStage {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
+        self.params.list()
     }
 
     fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
@@ -1225,7 +1248,9 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "llama",
     model_types: &["llama", "qwen2"],
     tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(LlamaForCausalLM::from_dir(dir)?))),
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(LlamaForCausalLM::from_dir_on(dir, device, dtype)?))
+    }),
     load_task: None,
     from_config: None,
 };

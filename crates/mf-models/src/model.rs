@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use mf_core::checkpoint::{save_safetensors, WEIGHTS_NAME};
-use mf_core::{DType, Device, MfError, Result};
-use tch::{nn, Kind, Tensor};
+use mf_core::{DType, MfError, Result};
+use tch::{Kind, Tensor};
 
 use crate::layers::KvCache;
+use crate::task::PreTrainedModel;
 
 /// Inputs of one forward pass.
 #[derive(Debug, Default)]
@@ -34,8 +35,9 @@ impl<'a> ForwardInput<'a> {
     }
 }
 
-/// A decoder-only language model producing next-token logits.
-pub trait CausalLM: Send {
+/// A decoder-only language model producing next-token logits. Weights IO, device and dtype,
+/// parameters and LoRA layers come from its [`PreTrainedModel`] base.
+pub trait CausalLM: PreTrainedModel {
     /// Logits `[batch, len, vocab]`; with a cache, keys/values of the new positions are
     /// appended and earlier positions are read from it.
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor>;
@@ -45,43 +47,13 @@ pub trait CausalLM: Send {
     fn vocab_size(&self) -> usize;
     /// Longest sequence the position embeddings cover, if bounded.
     fn max_positions(&self) -> Option<usize>;
-    /// Where the weights live.
-    fn device(&self) -> tch::Device;
     /// Default generation settings from the model config.
     fn generation_config(&self) -> crate::generation::GenerationConfig;
-    /// Writes `config.json` and `model.safetensors` in the Hugging Face layout.
-    fn save_pretrained(&self, dir: &Path) -> Result<()>;
-    /// Moves weights to a device and dtype.
-    fn to(&mut self, device: Device, dtype: DType) -> Result<()>;
-    /// Number of parameters.
-    fn num_parameters(&self) -> usize;
-    /// Trainable parameters under their checkpoint (HF) names, in a stable order.
-    fn parameters(&self) -> Vec<(String, Tensor)>;
-    /// Copies a checkpoint's tensors into the model, failing on any mismatch.
-    fn load_weights(&self, ckpt: &mf_core::checkpoint::SafeTensors) -> Result<()>;
     /// The model's config, for runtimes that rebuild it elsewhere (the parallel runtime);
     /// `None` for families that do not offer it.
     fn model_config(&self) -> Option<crate::ModelConfig> {
         None
     }
-    /// The linear layers LoRA can adapt, under their HF module names (none by default:
-    /// `lora::apply_lora` then says the family does not support LoRA).
-    fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
-        Vec::new()
-    }
-}
-
-/// A VarStore's variables under their checkpoint names, sorted, so every family lists its
-/// parameters (and the optimizer names its state) in the same stable order.
-pub(crate) fn sorted_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Elements in a VarStore's trainable variables.
-pub(crate) fn count_parameters(vs: &nn::VarStore) -> usize {
-    vs.trainable_variables().iter().map(|t| t.numel()).sum()
 }
 
 /// Writes a Hugging Face model directory: `model.safetensors` (with PyTorch's `format: pt`

@@ -15,19 +15,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, Device, MfError, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::generation::GenerationConfig;
+use crate::layers::params::{Init, ParamBuilder, Params, Vars};
 use crate::layers::{
     attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache, LayerNorm,
     RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::llama::{ids, opt_id};
 use crate::model::{CausalLM, ForwardInput};
+use crate::task::{PreTrainedModel, Task};
 
 /// PanGu-α hyperparameters under MindFormers' names.
 ///
@@ -255,7 +256,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(p: &nn::Path, c: &PanguAlphaConfig, tp: TensorParallel) -> Result<Self> {
+    fn new(p: &Vars, c: &PanguAlphaConfig, tp: TensorParallel) -> Result<Self> {
         let (h, f, std, eps) = (
             c.hidden_size,
             c.ffn_hidden_size,
@@ -264,19 +265,19 @@ impl Layer {
         );
         let lay = WeightLayout::OutIn;
         let (a, o) = (p / "attention", p / "output");
-        let col = |q: &nn::Path, name: &str, inp: usize, out: usize| {
+        let col = |q: &Vars, name: &str, inp: usize, out: usize| {
             ColumnParallelLinear::new(&(q / name), inp, out, true, lay, tp, std)
         };
-        let row = |q: &nn::Path, name: &str, inp: usize, out: usize| {
+        let row = |q: &Vars, name: &str, inp: usize, out: usize| {
             RowParallelLinear::new(&(q / name), inp, out, true, lay, tp, std)
         };
         Ok(Layer {
-            layernorm1: LayerNorm::new(&(p / "layernorm1"), h, eps),
+            layernorm1: LayerNorm::new(&(p / "layernorm1"), h, eps)?,
             dense1: col(&a, "dense1", h, h)?,
             dense2: col(&a, "dense2", h, h)?,
             dense3: col(&a, "dense3", h, h)?,
             attn_projection: row(&a, "projection", h, h)?,
-            layernorm2: LayerNorm::new(&(p / "layernorm2"), h, eps),
+            layernorm2: LayerNorm::new(&(p / "layernorm2"), h, eps)?,
             mapping: col(&o, "mapping", h, f)?,
             projection: row(&o, "projection", f, h)?,
         })
@@ -286,7 +287,7 @@ impl Layer {
 /// The PanGu-α language model with its (embedding-tied) head.
 pub struct PanguAlphaHeadModel {
     config: PanguAlphaConfig,
-    vs: nn::VarStore,
+    params: Params,
     word_embedding: Tensor,
     position_embedding: Tensor,
     top_query_embedding: Tensor,
@@ -309,39 +310,52 @@ impl std::fmt::Debug for PanguAlphaHeadModel {
 
 impl PanguAlphaHeadModel {
     /// A randomly initialised model (normal(0, initializer_range), norms 1, biases 0) on the
-    /// CPU in f32; with `checkpoint_name_or_path` set, that checkpoint's weights are loaded.
+    /// CPU in f32; with `checkpoint_name_or_path` set, it is built from that checkpoint's
+    /// weights instead.
     pub fn new(config: &PanguAlphaConfig) -> Result<Self> {
-        let model = Self::with_parallel(config, TensorParallel::single())?;
-        if !config.checkpoint_name_or_path.is_empty() {
-            let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
-            model.load_weights(&SafeTensors::open(&dir)?)?;
+        if config.checkpoint_name_or_path.is_empty() {
+            return Self::with_parallel(config, TensorParallel::single());
         }
-        Ok(model)
+        let dir = crate::auto::resolve_model_dir(&config.checkpoint_name_or_path)?;
+        let ckpt = SafeTensors::open(&dir)?;
+        let single = TensorParallel::single();
+        Self::build(config, single, Some(&ckpt), Device::Cpu, DType::F32)
     }
 
     /// A randomly initialised model at a tensor-parallel position.
     pub fn with_parallel(config: &PanguAlphaConfig, tp: TensorParallel) -> Result<Self> {
+        Self::build(config, tp, None, Device::Cpu, DType::F32)
+    }
+
+    /// The model with each parameter read from `ckpt` at `dtype` on `device`, or randomly
+    /// initialised without one.
+    fn build(
+        config: &PanguAlphaConfig,
+        tp: TensorParallel,
+        ckpt: Option<&SafeTensors>,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate("PanguAlphaConfig")?;
         let heads = HeadShard::plan(config.num_heads, config.num_heads, tp.rank, tp.world_size)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let root = vs.root();
+        // Names are matched exactly (`backbone.` prefix included).
+        let exact = |n: &str| vec![n.to_string()];
+        let pb = ParamBuilder::causal(ckpt, &exact).at(device, dtype)?;
+        let root = Vars::root(&pb);
         let bb = &root / "backbone";
         let h = config.hidden_size as i64;
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: config.initializer_range,
-        };
+        let normal = Init::Normal(config.initializer_range);
         let emb = &bb / "embedding";
         let word_embedding = (&emb / "word_embedding").var(
             "embedding_table",
             &[config.vocab_size as i64, h],
             normal,
-        );
+        )?;
         let position_embedding = (&emb / "position_embedding").var(
             "embedding_table",
             &[config.seq_length as i64, h],
             normal,
-        );
+        )?;
         let blocks = (0..config.num_layers - 1)
             .map(|i| Layer::new(&(&bb / "blocks" / i), config, tp))
             .collect::<Result<Vec<_>>>()?;
@@ -349,19 +363,20 @@ impl PanguAlphaHeadModel {
             &(&bb / "layernorm"),
             config.hidden_size,
             config.layernorm_epsilon,
-        );
+        )?;
         let top_query_embedding = (&bb / "top_query_embedding").var(
             "embedding_table",
             &[config.seq_length as i64, h],
             normal,
-        );
+        )?;
         let top_query_layer = Layer::new(&(&bb / "top_query_layer"), config, tp)?;
+        let params = pb.finish(&|_| false)?;
         Ok(PanguAlphaHeadModel {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: heads.q_heads as i64,
             head_dim: (config.hidden_size / config.num_heads) as i64,
             config: config.clone(),
-            vs,
+            params,
             word_embedding,
             position_embedding,
             top_query_embedding,
@@ -378,21 +393,26 @@ impl PanguAlphaHeadModel {
         Self::from_dir(&dir)
     }
 
-    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory.
+    /// Loads `config.json` + safetensors weights (single file or sharded) from a directory,
+    /// on the CPU in f32.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.is_file() {
-            return Err(MfError::NotFound(format!(
-                "{}: no config.json in this directory",
-                dir.display()
-            )));
-        }
-        let mut config = PanguAlphaConfig::from_json_file(&cfg_path)?;
-        // The directory's weights are loaded below, not a second time through the config.
+        Self::from_dir_on(dir, Device::Cpu, DType::F32)
+    }
+
+    /// Loads a directory with each parameter read straight from the checkpoint at `dtype` on
+    /// `device` (no f32 copy first).
+    pub fn from_dir_on(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let mut config = PanguAlphaConfig::from_json_file(crate::auto::config_file(dir)?)?;
+        // The directory's weights are read below, not a second time through the config.
         config.checkpoint_name_or_path.clear();
-        let model = Self::new(&config)?;
-        model.load_weights(&SafeTensors::open(dir)?)?;
-        Ok(model)
+        let ckpt = SafeTensors::open(dir)?;
+        Self::build(
+            &config,
+            TensorParallel::single(),
+            Some(&ckpt),
+            device,
+            dtype,
+        )
     }
 
     /// The config the model was built from.
@@ -400,9 +420,9 @@ impl PanguAlphaHeadModel {
         &self.config
     }
 
-    /// The variable store holding every parameter (for optimizers).
+    /// A variable store over the model's parameters (for tch optimizers).
     pub fn var_store(&self) -> &nn::VarStore {
-        &self.vs
+        self.params.var_store()
     }
 
     /// One layer; with `query` (the top query layer) the attention query is projected from it
@@ -539,10 +559,6 @@ impl CausalLM for PanguAlphaHeadModel {
         Some(self.config.seq_length)
     }
 
-    fn device(&self) -> tch::Device {
-        self.word_embedding.device()
-    }
-
     fn generation_config(&self) -> GenerationConfig {
         GenerationConfig {
             bos_token_id: self.config.bos_token_id,
@@ -556,41 +572,47 @@ impl CausalLM for PanguAlphaHeadModel {
         }
     }
 
-    fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        let kind = self.word_embedding.kind();
-        crate::model::save_hf_dir(dir, &self.parameters(), self.config.to_hf_json(), kind)
+    fn model_config(&self) -> Option<crate::ModelConfig> {
+        Some(crate::ModelConfig::PanguAlpha(self.config.clone()))
+    }
+}
+
+impl PreTrainedModel for PanguAlphaHeadModel {
+    fn model_type(&self) -> &str {
+        "pangualpha"
+    }
+
+    fn task(&self) -> Task {
+        Task::CausalLM
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn device(&self) -> tch::Device {
+        self.word_embedding.device()
     }
 
     fn to(&mut self, device: Device, dtype: DType) -> Result<()> {
-        let dev = device.to_tch()?;
-        // set_device/set_kind replace each variable's data in place, so the layers' handles
-        // see the change.
-        self.vs.set_device(dev);
-        self.vs.set_kind(dtype.kind());
-        Ok(())
+        self.params.to(device, dtype)
+    }
+
+    fn num_parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
     }
 
     /// Names are matched exactly (`backbone.` prefix included).
     fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
-        let params = self.vs.variables();
-        let rename = |name: &str| -> Option<String> { Some(name.to_string()) };
-        let ignore = |_: &str| false;
-        load_parameters(
-            ckpt,
-            &params,
-            &LoadSpec {
-                rename: &rename,
-                ignore: &ignore,
-            },
-        )
+        self.params.load(ckpt, &|n| Some(n.to_string()), &|_| false)
     }
 
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
-    }
-
-    fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::PanguAlpha(self.config.clone()))
+    fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        self.params.save_pretrained(dir, self.config.to_hf_json())
     }
 
     fn lora_layers(&mut self) -> Vec<(String, &mut dyn crate::lora::LoraHost)> {
@@ -614,10 +636,6 @@ impl CausalLM for PanguAlphaHeadModel {
         }
         v
     }
-
-    fn num_parameters(&self) -> usize {
-        crate::model::count_parameters(&self.vs)
-    }
 }
 
 /// One pipeline stage of PanGu-α at one tensor-parallel position, driven by mf-parallel.
@@ -626,7 +644,7 @@ impl CausalLM for PanguAlphaHeadModel {
 pub struct PanguAlphaStage {
     config: PanguAlphaConfig,
     spec: crate::parallel::StageSpec,
-    vs: nn::VarStore,
+    params: Params,
     word_embedding: Option<Tensor>,
     position_embedding: Option<Tensor>,
     top_query_embedding: Option<Tensor>,
@@ -655,35 +673,37 @@ impl PanguAlphaStage {
         }
         let tp = spec.tp;
         let heads = HeadShard::plan(config.num_heads, config.num_heads, tp.rank, tp.world_size)?;
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let bb = vs.root() / "backbone";
+        let pb = ParamBuilder::random();
+        let bb = Vars::root(&pb) / "backbone";
         let h = config.hidden_size as i64;
-        let normal = Init::Randn {
-            mean: 0.0,
-            stdev: config.initializer_range,
-        };
+        let normal = Init::Normal(config.initializer_range);
         let vocab = if spec.vocab_parallel {
             tp.shard(config.vocab_size, "vocabulary-parallel embedding")? as i64
         } else {
             config.vocab_size as i64
         };
         let emb = &bb / "embedding";
-        let table = |p: &nn::Path, rows: i64| p.var("embedding_table", &[rows, h], normal);
-        let word_embedding =
-            (spec.first || spec.last).then(|| table(&(&emb / "word_embedding"), vocab));
+        let table = |p: &Vars, rows: i64| p.var("embedding_table", &[rows, h], normal);
+        let word_embedding = (spec.first || spec.last)
+            .then(|| table(&(&emb / "word_embedding"), vocab))
+            .transpose()?;
         let position_embedding = spec
             .first
-            .then(|| table(&(&emb / "position_embedding"), config.seq_length as i64));
+            .then(|| table(&(&emb / "position_embedding"), config.seq_length as i64))
+            .transpose()?;
         let top = spec.layers.contains(&(n - 1));
-        let top_query_embedding =
-            top.then(|| table(&(&bb / "top_query_embedding"), config.seq_length as i64));
-        let layernorm = top.then(|| {
-            LayerNorm::new(
-                &(&bb / "layernorm"),
-                config.hidden_size,
-                config.layernorm_epsilon,
-            )
-        });
+        let top_query_embedding = top
+            .then(|| table(&(&bb / "top_query_embedding"), config.seq_length as i64))
+            .transpose()?;
+        let layernorm = top
+            .then(|| {
+                LayerNorm::new(
+                    &(&bb / "layernorm"),
+                    config.hidden_size,
+                    config.layernorm_epsilon,
+                )
+            })
+            .transpose()?;
         let layers = spec
             .layers
             .clone()
@@ -695,13 +715,14 @@ impl PanguAlphaStage {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        let params = pb.finish(&|_| false)?;
         Ok(PanguAlphaStage {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: heads.q_heads as i64,
             head_dim: (config.hidden_size / config.num_heads) as i64,
             config: config.clone(),
             spec,
-            vs,
+            params,
             word_embedding,
             position_embedding,
             top_query_embedding,
@@ -721,7 +742,7 @@ impl crate::parallel::ParallelLM for PanguAlphaStage {
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {
-        crate::model::sorted_variables(&self.vs)
+        self.params.list()
     }
 
     fn shard_rule(&self, name: &str) -> crate::parallel::ShardRule {
@@ -900,7 +921,11 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "pangualpha",
     model_types: &["pangualpha"],
     tasks: &[crate::task::Task::CausalLM],
-    load_causal: Some(|dir| Ok(Box::new(PanguAlphaHeadModel::from_dir(dir)?))),
+    load_causal: Some(|dir, device, dtype| {
+        Ok(Box::new(PanguAlphaHeadModel::from_dir_on(
+            dir, device, dtype,
+        )?))
+    }),
     load_task: None,
     from_config: None,
 };

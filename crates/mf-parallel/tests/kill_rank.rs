@@ -94,7 +94,7 @@ fn setup() -> (ModelConfig, Vec<(String, Tensor)>, EngineOptions) {
         ..Default::default()
     };
     let model = mf_models::GPT2LMHeadModel::new(&cfg).unwrap();
-    let full = mf_models::CausalLM::parameters(&model)
+    let full = mf_models::PreTrainedModel::parameters(&model)
         .into_iter()
         .map(|(n, t)| (n, t.detach().copy()))
         .collect();

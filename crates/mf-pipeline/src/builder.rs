@@ -210,18 +210,23 @@ impl PipelineBuilder {
         let model_arg = self.model.ok_or_else(|| {
             mf_core::invalid("pipeline needs a model: .model(\"gpt2\") or a model instance")
         })?;
-        let (mut model, tokenizer) = match model_arg {
+        let (model, tokenizer) = match model_arg {
             ModelArg::Name(name) => {
                 let tokenizer = match self.tokenizer {
                     Some(t) => t,
                     None => AutoTokenizer::from_pretrained(&name)?,
                 };
-                (AutoModel::from_pretrained(&name)?, tokenizer)
+                // Read straight at the pipeline's dtype and device: no f32 copy first.
+                let m = AutoModel::from_pretrained_on(&name, self.device, self.dtype)?;
+                (m, tokenizer)
             }
-            ModelArg::Model(m) => {
+            ModelArg::Model(mut m) => {
                 let tokenizer = self.tokenizer.ok_or_else(|| {
                     mf_core::invalid("a pipeline over a model instance needs .tokenizer(...)")
                 })?;
+                if self.device != Device::Cpu || self.dtype != DType::F32 {
+                    m.to(self.device, self.dtype)?;
+                }
                 (m, tokenizer)
             }
             ModelArg::Task(m) => {
@@ -238,9 +243,6 @@ impl PipelineBuilder {
                 tokenizer.vocab_size(),
                 model.vocab_size()
             )));
-        }
-        if self.device != Device::Cpu || self.dtype != DType::F32 {
-            model.to(self.device, self.dtype)?;
         }
         TextGenerationPipeline::new(model, tokenizer, self.defaults)
     }

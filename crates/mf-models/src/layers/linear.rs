@@ -7,8 +7,9 @@
 //! [`TensorParallel::with_runtime`]; anywhere else asking for more than one rank is an error, not
 //! a silent single-rank run.
 use mf_core::{invalid, Result};
-use tch::nn::{Init, Path};
 use tch::Tensor;
+
+use super::params::{Init, Vars};
 
 use crate::lora::{LoraAdapter, LoraHost};
 
@@ -82,19 +83,16 @@ pub enum WeightLayout {
     OutIn,
 }
 
-fn make_weight(p: &Path, layout: WeightLayout, inp: i64, out: i64, std: f64) -> Tensor {
+fn make_weight(p: &Vars, layout: WeightLayout, inp: i64, out: i64, std: f64) -> Result<Tensor> {
     let dims = match layout {
         WeightLayout::InOut => [inp, out],
         WeightLayout::OutIn => [out, inp],
     };
-    p.var(
-        "weight",
-        &dims,
-        Init::Randn {
-            mean: 0.0,
-            stdev: std,
-        },
-    )
+    p.var("weight", &dims, Init::Normal(std))
+}
+
+fn make_bias(p: &Vars, bias: bool, out: i64) -> Result<Option<Tensor>> {
+    bias.then(|| p.var("bias", &[out], Init::Zeros)).transpose()
 }
 
 fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) -> Tensor {
@@ -169,7 +167,7 @@ fn merge_into(weight: &Tensor, layout: WeightLayout, a: &LoraAdapter) {
 impl ColumnParallelLinear {
     /// Creates `in_features -> out_features / world_size` with normal(0, std) init, zero bias.
     pub fn new(
-        p: &Path,
+        p: &Vars,
         in_features: usize,
         out_features: usize,
         bias: bool,
@@ -179,8 +177,8 @@ impl ColumnParallelLinear {
     ) -> Result<Self> {
         let out = tp.shard(out_features, "column-parallel output features")? as i64;
         Ok(ColumnParallelLinear {
-            weight: make_weight(p, layout, in_features as i64, out, init_std),
-            bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
+            weight: make_weight(p, layout, in_features as i64, out, init_std)?,
+            bias: make_bias(p, bias, out)?,
             layout,
             lora: None,
         })
@@ -190,7 +188,7 @@ impl ColumnParallelLinear {
     /// because it is not an even split of the full output: grouped-query k/v projections
     /// replicate one kv head on several ranks when the world size exceeds the kv heads.
     pub fn with_local_out(
-        p: &Path,
+        p: &Vars,
         in_features: usize,
         local_out: usize,
         bias: bool,
@@ -201,8 +199,8 @@ impl ColumnParallelLinear {
         tp.require_communicator("column-parallel output features")?;
         let out = local_out as i64;
         Ok(ColumnParallelLinear {
-            weight: make_weight(p, layout, in_features as i64, out, init_std),
-            bias: bias.then(|| p.var("bias", &[out], Init::Const(0.0))),
+            weight: make_weight(p, layout, in_features as i64, out, init_std)?,
+            bias: make_bias(p, bias, out)?,
             layout,
             lora: None,
         })
@@ -232,7 +230,7 @@ pub struct RowParallelLinear {
 impl RowParallelLinear {
     /// Creates `in_features / world_size -> out_features` with normal(0, std) init, zero bias.
     pub fn new(
-        p: &Path,
+        p: &Vars,
         in_features: usize,
         out_features: usize,
         bias: bool,
@@ -242,8 +240,8 @@ impl RowParallelLinear {
     ) -> Result<Self> {
         let inp = tp.shard(in_features, "row-parallel input features")? as i64;
         Ok(RowParallelLinear {
-            weight: make_weight(p, layout, inp, out_features as i64, init_std),
-            bias: bias.then(|| p.var("bias", &[out_features as i64], Init::Const(0.0))),
+            weight: make_weight(p, layout, inp, out_features as i64, init_std)?,
+            bias: make_bias(p, bias, out_features as i64)?,
             layout,
             lora: None,
         })

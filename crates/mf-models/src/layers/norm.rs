@@ -1,6 +1,8 @@
 //! Normalisation layers.
-use tch::nn::{Init, Path};
+use mf_core::Result;
 use tch::{Kind, Tensor};
+
+use super::params::{Init, Vars};
 
 /// LayerNorm with HF parameter names `weight` and `bias`.
 #[derive(Debug)]
@@ -13,13 +15,13 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// A LayerNorm over the last `dim` features (weight 1, bias 0).
-    pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
-        LayerNorm {
-            weight: p.var("weight", &[dim as i64], Init::Const(1.0)),
-            bias: p.var("bias", &[dim as i64], Init::Const(0.0)),
+    pub fn new(p: &Vars, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: p.var("weight", &[dim as i64], Init::Ones)?,
+            bias: p.var("bias", &[dim as i64], Init::Zeros)?,
             eps,
             dim: dim as i64,
-        }
+        })
     }
 
     /// Normalises the last dimension.
@@ -43,11 +45,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// An RMSNorm over the last `dim` features (weight 1).
-    pub fn new(p: &Path, dim: usize, eps: f64) -> Self {
-        RmsNorm {
-            weight: p.var("weight", &[dim as i64], Init::Const(1.0)),
+    pub fn new(p: &Vars, dim: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: p.var("weight", &[dim as i64], Init::Ones)?,
             eps,
-        }
+        })
     }
 
     /// Normalises the last dimension. The statistics are taken in f32 and the result is cast

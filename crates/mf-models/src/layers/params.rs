@@ -1,12 +1,14 @@
 //! A model's parameters, built once: read straight from a memory-mapped checkpoint at the
 //! requested dtype and device (no random f32 copy first), or freshly initialised. Every
 //! family built on it shares one load / save / `to` implementation.
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::ops::Div;
 use std::path::Path;
 
-use mf_core::checkpoint::{load_parameters, LoadSpec, SafeTensors};
+use mf_core::checkpoint::{load_parameters, preview, LoadSpec, SafeTensors};
 use mf_core::{DType, Device, MfError, Result};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// How a parameter absent from the checkpoint (or built without one) is initialised.
 #[derive(Debug, Clone, Copy)]
@@ -19,16 +21,24 @@ pub enum Init {
     Ones,
 }
 
-/// Builds the parameter list of one model.
+/// Builds the parameter list of one model. Layers take parameters from it through [`Vars`]
+/// scopes; `get` borrows it shared, so many scopes can be alive while the model is built.
 pub struct ParamBuilder<'a> {
     ckpt: Option<&'a SafeTensors>,
     candidates: &'a dyn Fn(&str) -> Vec<String>,
     may_init: &'a dyn Fn(&str) -> bool,
+    strict: bool,
     device: tch::Device,
     kind: Kind,
+    state: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
     params: Vec<(String, Tensor)>,
     used: HashSet<String>,
     initialised: Vec<String>,
+    missing: Vec<String>,
 }
 
 fn exact(name: &str) -> Vec<String> {
@@ -46,11 +56,10 @@ impl<'a> ParamBuilder<'a> {
             ckpt: None,
             candidates: &exact,
             may_init: &never,
+            strict: false,
             device: tch::Device::Cpu,
             kind: Kind::Float,
-            params: Vec::new(),
-            used: HashSet::new(),
-            initialised: Vec::new(),
+            state: RefCell::default(),
         }
     }
 
@@ -72,6 +81,27 @@ impl<'a> ParamBuilder<'a> {
         }
     }
 
+    /// A causal LM's builder: every parameter read from `ckpt` (initialised when there is
+    /// none), nothing initialised for want of a tensor, and a [`Self::strict`] check of what
+    /// is left over.
+    pub fn causal(
+        ckpt: Option<&'a SafeTensors>,
+        candidates: &'a dyn Fn(&str) -> Vec<String>,
+    ) -> Self {
+        match ckpt {
+            Some(c) => Self::from_checkpoint(c, candidates, &never).strict(),
+            None => Self::random(),
+        }
+    }
+
+    /// Makes checkpoint tensors that no parameter uses an error rather than a warning: a
+    /// causal LM's checkpoint holds exactly its weights, so a stray tensor means another
+    /// architecture.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
     /// Places the parameters on `device` in `dtype` as they are read.
     pub fn at(mut self, device: Device, dtype: DType) -> Result<Self> {
         self.device = device.to_tch()?;
@@ -79,13 +109,24 @@ impl<'a> ParamBuilder<'a> {
         Ok(self)
     }
 
+    /// The device parameters are placed on.
+    pub fn device(&self) -> tch::Device {
+        self.device
+    }
+
     /// The parameter `name` of `shape`: read from the checkpoint, or initialised with `init`.
-    pub fn get(&mut self, name: &str, shape: &[i64], init: Init) -> Result<Tensor> {
+    pub fn get(&self, name: &str, shape: &[i64], init: Init) -> Result<Tensor> {
         let t = match self.read(name, shape)? {
             Some(t) => t,
+            None if self.ckpt.is_some() && !(self.may_init)(name) => {
+                // Reported, with every other missing tensor, by `finish`; the placeholder is
+                // never filled, so it costs no memory.
+                self.state.borrow_mut().missing.push(name.to_string());
+                Tensor::f_empty(shape, (self.kind, self.device))?
+            }
             None => {
                 if self.ckpt.is_some() {
-                    self.initialised.push(name.to_string());
+                    self.state.borrow_mut().initialised.push(name.to_string());
                 }
                 let opts = (Kind::Float, tch::Device::Cpu);
                 let t = match init {
@@ -97,40 +138,37 @@ impl<'a> ParamBuilder<'a> {
             }
         };
         let t = t.set_requires_grad(true);
-        self.params.push((name.to_string(), t.shallow_clone()));
+        self.state
+            .borrow_mut()
+            .params
+            .push((name.to_string(), t.shallow_clone()));
         Ok(t)
     }
 
-    fn read(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
+    fn read(&self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
         let Some(ckpt) = self.ckpt else {
             return Ok(None);
         };
-        let found = (self.candidates)(name)
-            .into_iter()
-            .find(|c| ckpt.contains(c) && !self.used.contains(c));
-        let Some(stored) = found else {
-            if (self.may_init)(name) {
-                return Ok(None);
-            }
-            return Err(MfError::checkpoint(
-                ckpt.origin().display(),
-                format!(
-                    "missing tensor '{name}' (shape {shape:?}); the checkpoint does not hold \
-                     this model's weights"
-                ),
-            ));
+        let found = {
+            let st = self.state.borrow();
+            (self.candidates)(name)
+                .into_iter()
+                .find(|c| ckpt.contains(c) && !st.used.contains(c))
         };
-        let src = ckpt.get(&stored)?;
-        if src.size() != shape {
+        let Some(stored) = found else {
+            return Ok(None);
+        };
+        let stored_shape = ckpt.shape(&stored).unwrap_or_default();
+        if stored_shape != shape {
             return Err(MfError::checkpoint(
                 ckpt.origin().display(),
                 format!(
-                    "tensor '{stored}' has shape {:?} but the model's '{name}' expects {shape:?}; \
-                     the checkpoint does not match this config",
-                    src.size()
+                    "tensor '{stored}' has shape {stored_shape:?} but the model's '{name}' \
+                     expects {shape:?}; the checkpoint does not match this config"
                 ),
             ));
         }
+        let src = ckpt.get(&stored)?;
         if !matches!(
             src.kind(),
             Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
@@ -140,25 +178,50 @@ impl<'a> ParamBuilder<'a> {
                 format!("tensor '{stored}' has dtype {:?}, not a float", src.kind()),
             ));
         }
-        self.used.insert(stored);
+        self.state.borrow_mut().used.insert(stored);
         // Both conversions are no-ops (no copy) when the stored dtype and device already match.
         Ok(Some(
             src.f_to_kind(self.kind)?.f_to_device(self.device)?.detach(),
         ))
     }
 
-    /// The built parameters. Checkpoint tensors that no parameter used (other than
-    /// `ignore`d buffers) and parameters initialised for want of a checkpoint tensor are
-    /// reported as warnings, as transformers reports them.
+    /// The built parameters. A parameter the checkpoint lacks (and may not initialise) is an
+    /// error naming every such tensor. Checkpoint tensors that no parameter used (other than
+    /// `ignore`d buffers) are an error for a [`Self::strict`] builder and otherwise, with the
+    /// parameters initialised for want of a checkpoint tensor, reported as warnings, as
+    /// transformers reports them.
     pub fn finish(self, ignore: &dyn Fn(&str) -> bool) -> Result<Params> {
+        let st = self.state.into_inner();
         let mut unused = Vec::new();
         if let Some(ckpt) = self.ckpt {
+            let origin = ckpt.origin().display();
             unused = ckpt
                 .names()
-                .filter(|n| !self.used.contains(*n) && !ignore(n))
+                .filter(|n| !st.used.contains(*n) && !ignore(n))
                 .map(String::from)
                 .collect();
-            let origin = ckpt.origin().display();
+            if self.strict && !unused.is_empty() {
+                return Err(MfError::checkpoint(
+                    origin,
+                    format!(
+                        "unexpected tensor(s) not in the model: {} (is this checkpoint for \
+                         another architecture?)",
+                        preview(&unused)
+                    ),
+                ));
+            }
+            if !st.missing.is_empty() {
+                let mut missing = st.missing;
+                missing.sort();
+                return Err(MfError::checkpoint(
+                    origin,
+                    format!(
+                        "missing tensor(s): {}; the checkpoint does not hold this model's \
+                         weights",
+                        preview(&missing)
+                    ),
+                ));
+            }
             if !unused.is_empty() {
                 eprintln!(
                     "warning: some weights of {origin} were not used: {} (expected when the \
@@ -166,29 +229,100 @@ impl<'a> ParamBuilder<'a> {
                     unused.join(", ")
                 );
             }
-            if !self.initialised.is_empty() {
+            if !st.initialised.is_empty() {
                 eprintln!(
                     "warning: some weights were not in {origin} and are newly initialized: {}; \
                      train the model on a down-stream task before using it for predictions",
-                    self.initialised.join(", ")
+                    st.initialised.join(", ")
                 );
             }
         }
         let mut seen = HashSet::new();
-        for (n, _) in &self.params {
+        for (n, _) in &st.params {
             if !seen.insert(n.clone()) {
                 return Err(mf_core::invalid(format!(
                     "parameter '{n}' is declared twice"
                 )));
             }
         }
-        let mut params = self.params;
+        let mut params = st.params;
         params.sort_by(|a, b| a.0.cmp(&b.0));
+        let var_store = var_store_of(&params, self.device);
         Ok(Params {
             params,
-            initialised: self.initialised,
+            initialised: st.initialised,
             unused,
+            var_store,
         })
+    }
+}
+
+/// A VarStore holding the very tensors of `params` (shared storage), so tch optimizers train
+/// the model's own parameters.
+fn var_store_of(params: &[(String, Tensor)], device: tch::Device) -> nn::VarStore {
+    let vs = nn::VarStore::new(device);
+    for (name, t) in params {
+        // A VarStore path component may not contain the '.' that joins them.
+        let mut parts: Vec<&str> = name.split('.').collect();
+        let leaf = parts.pop().unwrap_or_default();
+        let path = parts.into_iter().fold(vs.root(), |p, c| p.sub(c));
+        // The returned handle is the same tensor, already held by the model.
+        let _ = path.add(leaf, t.shallow_clone(), true);
+    }
+    vs
+}
+
+/// A named scope of a [`ParamBuilder`], as `tch::nn::Path` is of a VarStore: `&scope / "attn"`
+/// opens a sub-scope and `var` declares a parameter under the dotted name.
+#[derive(Clone)]
+pub struct Vars<'p, 'a> {
+    pb: &'p ParamBuilder<'a>,
+    prefix: String,
+}
+
+impl<'p, 'a> Vars<'p, 'a> {
+    /// The unnamed top scope.
+    pub fn root(pb: &'p ParamBuilder<'a>) -> Self {
+        Vars {
+            pb,
+            prefix: String::new(),
+        }
+    }
+
+    /// The full name of `name` in this scope.
+    pub fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The parameter `name` of `shape` in this scope (see [`ParamBuilder::get`]).
+    pub fn var(&self, name: &str, shape: &[i64], init: Init) -> Result<Tensor> {
+        self.pb.get(&self.name(name), shape, init)
+    }
+
+    /// The sub-scope `name`.
+    pub fn sub(&self, name: impl std::fmt::Display) -> Self {
+        Vars {
+            pb: self.pb,
+            prefix: self.name(&name.to_string()),
+        }
+    }
+}
+
+impl<'p, 'a, T: std::fmt::Display> Div<T> for &Vars<'p, 'a> {
+    type Output = Vars<'p, 'a>;
+    fn div(self, name: T) -> Vars<'p, 'a> {
+        self.sub(name)
+    }
+}
+
+impl<'p, 'a, T: std::fmt::Display> Div<T> for Vars<'p, 'a> {
+    type Output = Vars<'p, 'a>;
+    fn div(self, name: T) -> Vars<'p, 'a> {
+        self.sub(name)
     }
 }
 
@@ -198,6 +332,7 @@ pub struct Params {
     params: Vec<(String, Tensor)>,
     initialised: Vec<String>,
     unused: Vec<String>,
+    var_store: nn::VarStore,
 }
 
 impl Params {
@@ -207,6 +342,11 @@ impl Params {
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect()
+    }
+
+    /// A VarStore over the same tensors, for tch optimizers.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.var_store
     }
 
     /// Parameters that the checkpoint lacked and were initialised (a new task head).
@@ -341,4 +481,101 @@ pub fn prefixed_candidates(name: &str, prefix: &str) -> Vec<String> {
         .collect();
     v.extend(old);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mf_core::checkpoint::save_safetensors;
+
+    /// Writes `tensors` as a checkpoint directory and opens it.
+    fn checkpoint(dir: &Path, tensors: &[(&str, Tensor)]) -> SafeTensors {
+        let named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+            .collect();
+        save_safetensors(dir.join(mf_core::checkpoint::WEIGHTS_NAME), &named, None).unwrap();
+        SafeTensors::open(dir).unwrap()
+    }
+
+    /// A one-layer "model": `model.layer.weight [3, 2]` and `model.layer.bias [3]`.
+    fn build(pb: &ParamBuilder) -> Result<(Tensor, Tensor)> {
+        let layer = Vars::root(pb) / "model" / "layer";
+        Ok((
+            layer.var("weight", &[3, 2], Init::Normal(0.02))?,
+            layer.var("bias", &[3], Init::Zeros)?,
+        ))
+    }
+
+    fn load(ckpt: &SafeTensors) -> Result<Params> {
+        let candidates = |n: &str| prefixed_candidates(n, "model");
+        let pb = ParamBuilder::causal(Some(ckpt), &candidates).at(Device::Cpu, DType::BF16)?;
+        let _ = build(&pb)?;
+        pb.finish(&|n| n == "buffer")
+    }
+
+    #[test]
+    fn reads_each_tensor_at_the_requested_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Tensor::arange(6, (Kind::Float, tch::Device::Cpu)).reshape([3, 2]);
+        let b = Tensor::ones([3], (Kind::BFloat16, tch::Device::Cpu));
+        // A base-model checkpoint (no `model.` prefix) with a buffer that is not a parameter.
+        let st = checkpoint(
+            dir.path(),
+            &[
+                ("layer.weight", w.shallow_clone()),
+                ("layer.bias", b.shallow_clone()),
+                ("buffer", b.shallow_clone()),
+            ],
+        );
+        let p = load(&st).unwrap();
+        let names: Vec<String> = p.list().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["model.layer.bias", "model.layer.weight"]);
+        let got = &p.list()[1].1;
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert!(got.to_kind(Kind::Float).equal(&w));
+        assert!(got.requires_grad());
+        // The optimizers' VarStore holds the very same tensors.
+        let vs = p.var_store().variables();
+        assert_eq!(vs["model.layer.weight"].data_ptr(), got.data_ptr());
+        assert_eq!(p.var_store().trainable_variables().len(), 2);
+    }
+
+    #[test]
+    fn missing_unexpected_and_misshaped_tensors_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = |s: &[i64]| Tensor::zeros(s, (Kind::Float, tch::Device::Cpu));
+        let err = |st: &SafeTensors| load(st).unwrap_err().to_string();
+
+        let st = checkpoint(dir.path(), &[("model.layer.weight", z(&[3, 2]))]);
+        let e = err(&st);
+        assert!(e.contains("missing tensor(s): model.layer.bias"), "{e}");
+
+        let st = checkpoint(
+            dir.path(),
+            &[
+                ("model.layer.weight", z(&[3, 2])),
+                ("model.layer.bias", z(&[3])),
+                ("model.other.weight", z(&[1])),
+            ],
+        );
+        let e = err(&st);
+        assert!(
+            e.contains("unexpected tensor(s) not in the model: model.other.weight"),
+            "{e}"
+        );
+
+        let st = checkpoint(
+            dir.path(),
+            &[
+                ("model.layer.weight", z(&[2, 3])),
+                ("model.layer.bias", z(&[3])),
+            ],
+        );
+        let e = err(&st);
+        assert!(
+            e.contains("'model.layer.weight' has shape [2, 3]") && e.contains("expects [3, 2]"),
+            "{e}"
+        );
+    }
 }
