@@ -633,6 +633,14 @@ fn bench_load(mf: &Path) -> Result<()> {
     let col = |runs: &[serde_json::Value], k: &str| -> Vec<f64> {
         runs.iter().map(|v| v[k].as_f64().unwrap_or(0.0)).collect()
     };
+    // Both processes map libtorch and its CUDA libraries before loading anything.
+    let growth = |runs: &[serde_json::Value]| -> Vec<f64> {
+        col(runs, "peak_rss_mib")
+            .iter()
+            .zip(col(runs, "rss_before_mib"))
+            .map(|(p, b)| p - b)
+            .collect()
+    };
     let params = ours[0]["parameters"].as_u64().unwrap_or(0);
     println!(
         "model: LLaMA, {}; {params} parameters; bf16 checkpoint {ckpt_mib:.0} MiB",
@@ -648,9 +656,10 @@ fn bench_load(mf: &Path) -> Result<()> {
                 .join(" / ")
         };
         println!(
-            "{name} rounds: load_s {} | peak_rss_mib {}",
+            "{name} rounds: load_s {} | peak_rss_mib {} | rss_before_mib {}",
             fmt("load_s"),
-            fmt("peak_rss_mib")
+            fmt("peak_rss_mib"),
+            fmt("rss_before_mib")
         );
     }
     let (ls, lt) = (median(col(&ours, "load_s")), median(col(&theirs, "load_s")));
@@ -667,10 +676,15 @@ fn bench_load(mf: &Path) -> Result<()> {
         "| peak RSS MiB (median of 3) | {rs:.0} | {rt:.0} | {:.2}x |",
         rs / rt
     );
+    let (gs, gt) = (median(growth(&ours)), median(growth(&theirs)));
     println!(
-        "| peak RSS / checkpoint size | {:.2} | {:.2} | |",
-        rs / ckpt_mib,
-        rt / ckpt_mib
+        "| RSS growth while loading MiB (peak - before) | {gs:.0} | {gt:.0} | {:.2}x |",
+        gs / gt
+    );
+    println!(
+        "| growth / checkpoint size | {:.2} | {:.2} | |",
+        gs / ckpt_mib,
+        gt / ckpt_mib
     );
     Ok(())
 }

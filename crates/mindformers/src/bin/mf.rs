@@ -440,11 +440,16 @@ static OPT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 
 /// Peak resident memory of this process in MiB (VmHWM).
 fn peak_rss_mb() -> f64 {
+    proc_status_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (`VmHWM:`, `VmRSS:`) in MiB; 0 where there is none.
+fn proc_status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -702,6 +707,9 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
         } => {
             let (device, dtype): (Device, DType) = (device.parse()?, dtype.parse()?);
+            // libtorch (and the CUDA libraries it links) is mapped before main: what the load
+            // itself costs is the peak minus this.
+            let rss_before = proc_status_mib("VmRSS:");
             let t0 = std::time::Instant::now();
             let m = AutoModel::from_pretrained_on(&model, device, dtype)?;
             let load_s = t0.elapsed().as_secs_f64();
@@ -709,6 +717,7 @@ fn run(cli: Cli) -> Result<()> {
                 "impl": "mindformers-rs",
                 "load_s": load_s,
                 "peak_rss_mib": peak_rss_mb(),
+                "rss_before_mib": rss_before,
                 "parameters": m.num_parameters(),
                 // The dtype the weights really have, to show no f32 copy was kept.
                 "dtype": m
