@@ -1,4 +1,4 @@
-//! A model's parameters, built once: read straight from a memory-mapped checkpoint at the
+//! A model's parameters, built once: read straight from the checkpoint at the
 //! requested dtype and device (no random f32 copy first), or freshly initialised. Every
 //! family built on it shares one load / save / `to` implementation.
 use std::cell::RefCell;
