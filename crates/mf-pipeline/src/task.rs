@@ -142,8 +142,6 @@ pub struct CallOptions {
     pub max_answer_len: Option<usize>,
     /// Question answering: tokens per window (min(model max, 384)).
     pub max_seq_len: Option<usize>,
-    /// Question answering: longest question in tokens (64).
-    pub max_question_len: Option<usize>,
     /// Question answering: also consider "no answer".
     pub handle_impossible_answer: bool,
     /// Feature extraction: pooling (default: the directory's sentence-transformers config,
@@ -172,7 +170,6 @@ impl CallOptions {
             ("doc_stride", self.doc_stride.is_some()),
             ("max_answer_len", self.max_answer_len.is_some()),
             ("max_seq_len", self.max_seq_len.is_some()),
-            ("max_question_len", self.max_question_len.is_some()),
             ("handle_impossible_answer", self.handle_impossible_answer),
             ("pooling", self.pooling.is_some()),
             ("normalize", self.normalize),

@@ -50,8 +50,6 @@ pub struct QaOptions {
     pub max_answer_len: usize,
     /// Tokens per window; default min(model_max_length, 384).
     pub max_seq_len: Option<usize>,
-    /// Longest question in tokens.
-    pub max_question_len: usize,
     /// Also consider the empty answer.
     pub handle_impossible_answer: bool,
 }
@@ -63,7 +61,6 @@ impl Default for QaOptions {
             doc_stride: None,
             max_answer_len: 15,
             max_seq_len: None,
-            max_question_len: 64,
             handle_impossible_answer: false,
         }
     }
@@ -235,7 +232,6 @@ impl Pipeline for QuestionAnsweringPipeline {
                 "doc_stride",
                 "max_answer_len",
                 "max_seq_len",
-                "max_question_len",
                 "handle_impossible_answer",
             ],
         )?;
@@ -245,7 +241,6 @@ impl Pipeline for QuestionAnsweringPipeline {
             doc_stride: opts.doc_stride,
             max_answer_len: opts.max_answer_len.unwrap_or(d.max_answer_len),
             max_seq_len: opts.max_seq_len,
-            max_question_len: opts.max_question_len.unwrap_or(d.max_question_len),
             handle_impossible_answer: opts.handle_impossible_answer,
         };
         inputs

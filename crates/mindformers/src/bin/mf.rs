@@ -593,7 +593,6 @@ fn run(cli: Cli) -> Result<()> {
                 doc_stride,
                 max_answer_len,
                 max_seq_len,
-                max_question_len: None,
                 handle_impossible_answer,
                 pooling: pooling.map(|s| s.parse()).transpose()?,
                 normalize,
