@@ -380,3 +380,242 @@ fn world_size_runs_the_parallel_layout() {
     );
     assert!(err.contains("AUTO_PARALLEL"), "{err}");
 }
+
+/// `mf run` on one of the tiny BERT demo configs, with its output under `out`.
+fn mf_bert(config: &str, out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mf"));
+    c.current_dir(root())
+        .args(["run", "--config", &format!("configs/bert/{config}")])
+        .args(["--set", &format!("output_dir=\"{}\"", out.display())])
+        .args(args)
+        .env("MF_OFFLINE", "1")
+        .env("MF_HOME", out.join("no-cache"));
+    c
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn bert_text_classification_config_trains_evaluates_and_predicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("txtcls");
+    let cfg = "run_txtcls_bert_tiny_demo.toml";
+    let stdout = success(mf_bert(cfg, &out, &[]).output().unwrap());
+    assert!(stdout.contains("train: 80 steps done"), "{stdout}");
+    assert!(stdout.contains("eval at step 40"), "{stdout}");
+    let ckpt = out.join("checkpoint/step_80");
+    let c = ckpt.to_str().unwrap();
+    // The classes came from the data, and the checkpoint carries them.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["id2label"]["0"], "negative", "{config}");
+    assert_eq!(config["id2label"]["1"], "positive", "{config}");
+    let eval = success(
+        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
+            .output()
+            .unwrap(),
+    );
+    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    println!("{v}");
+    assert!(v["accuracy"].as_f64().unwrap() >= 0.95, "{v}");
+    let pred = success(
+        mf_bert(
+            cfg,
+            &out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                c,
+                "--predict-data",
+                "the song was really awful , anna said",
+                "--predict-data",
+                "the book was really wonderful , tom said",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let p = json_lines(&pred);
+    assert_eq!(p.len(), 2, "{pred}");
+    assert_eq!(p[0][0]["label"], "negative", "{pred}");
+    assert_eq!(p[1][0]["label"], "positive", "{pred}");
+    assert!(p[1][0]["score"].as_f64().unwrap() > 0.5, "{pred}");
+}
+
+#[test]
+fn bert_token_classification_and_qa_configs_reach_their_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tokcls");
+    let cfg = "run_tokcls_bert_tiny_demo.toml";
+    let stdout = success(mf_bert(cfg, &out, &[]).output().unwrap());
+    assert!(stdout.contains("train: 100 steps done"), "{stdout}");
+    let c = out.join("checkpoint/step_100");
+    let c = c.to_str().unwrap();
+    let eval = success(
+        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
+            .output()
+            .unwrap(),
+    );
+    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    println!("{v}");
+    assert!(v["f1"].as_f64().unwrap() >= 0.9, "{v}");
+    let pred = success(
+        mf_bert(
+            cfg,
+            &out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                c,
+                "--predict-data",
+                "mary works for apple in tokyo",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let p = json_lines(&pred);
+    let entities: Vec<(String, String)> = p[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["word"].as_str().unwrap().to_string(),
+                e["entity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        entities.contains(&("tokyo".into(), "B-LOC".into()))
+            && entities.contains(&("mary".into(), "B-PER".into())),
+        "{pred}"
+    );
+
+    let out = dir.path().join("qa");
+    let cfg = "run_qa_bert_tiny_demo.toml";
+    let stdout = success(mf_bert(cfg, &out, &[]).output().unwrap());
+    assert!(stdout.contains("train: 200 steps done"), "{stdout}");
+    let c = out.join("checkpoint/step_200");
+    let c = c.to_str().unwrap();
+    let eval = success(
+        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
+            .output()
+            .unwrap(),
+    );
+    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    println!("{v}");
+    assert!(v["exact_match"].as_f64().unwrap() >= 0.8, "{v}");
+    let pred = success(
+        mf_bert(
+            cfg,
+            &out,
+            &[
+                "--run-mode",
+                "predict",
+                "--load-checkpoint",
+                c,
+                "--predict-data",
+                r#"{"question": "which company does anna work for ?", "context": "in rome , anna works for google ."}"#,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let p = json_lines(&pred);
+    // MindFormers' question-answering output names the answer `text`.
+    assert_eq!(p[0]["text"], "google", "{pred}");
+}
+
+#[test]
+fn bert_pretraining_config_fine_tunes_into_a_new_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let pre = dir.path().join("pre");
+    let stdout = success(
+        mf_bert("run_bert_tiny_demo.toml", &pre, &[])
+            .output()
+            .unwrap(),
+    );
+    assert!(stdout.contains("train: 60 steps done"), "{stdout}");
+    assert!(stdout.contains("eval at step 30: eval_loss"), "{stdout}");
+    let ckpt = pre.join("checkpoint/step_60");
+    let ft = dir.path().join("ft");
+    let out = mf_bert(
+        "run_txtcls_bert_tiny_demo.toml",
+        &ft,
+        &[
+            "--run-mode",
+            "finetune",
+            "--load-checkpoint",
+            ckpt.to_str().unwrap(),
+            "--set",
+            "lr_schedule.total_steps=40",
+            "--set",
+            "do_eval=false",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = success(out);
+    assert!(stdout.contains("finetune: 40 steps done"), "{stdout}");
+    // The new head is named and nothing else: the encoder came from the masked-LM checkpoint.
+    assert!(stderr.contains("classifier.weight"), "{stderr}");
+    assert!(!stderr.contains("encoder.layer"), "{stderr}");
+}
+
+#[test]
+fn bert_configs_reject_what_they_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad");
+    let run = |cfg: &str, args: &[&str]| failure_line(mf_bert(cfg, &out, args).output().unwrap());
+    let txt = "run_txtcls_bert_tiny_demo.toml";
+    let e = run(
+        txt,
+        &["--set", "trainer.type=\"ImageClassificationTrainer\""],
+    );
+    assert!(e.contains("TextClassificationTrainer"), "{e}");
+    let e = run(
+        "run_tokcls_bert_tiny_demo.toml",
+        &["--set", "metric.type=\"Accuracy\""],
+    );
+    assert!(e.contains("EntityScore"), "{e}");
+    let e = run(
+        txt,
+        &["--set", "train_dataset.data_loader.tags_column=\"tags\""],
+    );
+    assert!(e.contains("tags_column applies to"), "{e}");
+    let e = run(
+        txt,
+        &["--set", "train_dataset.input_columns=[\"input_ids\"]"],
+    );
+    assert!(e.contains("remove input_columns"), "{e}");
+    let e = run(txt, &["--set", "train_dataset.data_loader.files=[]"]);
+    assert!(e.contains("needs files"), "{e}");
+    let e = run(
+        txt,
+        &["--set", "train_dataset.data_loader.type=\"TextFiles\""],
+    );
+    assert!(e.contains("reads TableFiles"), "{e}");
+    let e = run(
+        txt,
+        &["--set", "train_dataset.data_loader.label_column=\"stars\""],
+    );
+    assert!(e.contains("stars"), "{e}");
+    let e = run(
+        "run_qa_bert_tiny_demo.toml",
+        &["--run-mode", "predict", "--predict-data", "where is it ?"],
+    );
+    assert!(e.contains("JSON object"), "{e}");
+    let e = run(
+        "run_qa_bert_tiny_demo.toml",
+        &["--set", "train_dataset.data_loader.doc_stride=64"],
+    );
+    assert!(e.contains("doc_stride = 64"), "{e}");
+}

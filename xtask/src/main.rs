@@ -207,6 +207,41 @@ fn demo() -> Result<()> {
         }
         run(&mut cmd)?;
     }
+    // A task beyond text generation, through a MindFormers run config: BERT tiny learns the
+    // shipped sentiment set from scratch, then classifies two new sentences.
+    eprintln!(
+        "\n=== mf run: text classification (configs/bert/run_txtcls_bert_tiny_demo.toml) ==="
+    );
+    let mf = root().join("target/debug/mf");
+    let out = root().join("target/demo/txtcls");
+    let _ = std::fs::remove_dir_all(&out);
+    let config = [
+        "run",
+        "--config",
+        "configs/bert/run_txtcls_bert_tiny_demo.toml",
+    ];
+    let set_out = format!("output_dir=\"{}\"", out.display());
+    run(Command::new(&mf)
+        .current_dir(root())
+        .args(config)
+        .args(["--set", &set_out]))?;
+    run(Command::new(&mf)
+        .current_dir(root())
+        .args(config)
+        .args([
+            "--set",
+            &set_out,
+            "--run-mode",
+            "predict",
+            "--load-checkpoint",
+        ])
+        .arg(out.join("checkpoint/step_80"))
+        .args([
+            "--predict-data",
+            "the film was really boring , sarah said",
+            "--predict-data",
+            "the game was really amazing , peter said",
+        ]))?;
     Ok(())
 }
 

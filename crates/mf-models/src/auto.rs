@@ -160,6 +160,41 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
+    /// The classification labels the config names (`id2label`), or `None` where it names
+    /// none: HF's placeholder `LABEL_i` names, or a family without classification heads.
+    pub fn label_names(&self) -> Result<Option<Vec<String>>> {
+        match self {
+            ModelConfig::Bert(c) if !c.id2label.is_empty() => Ok(Some(c.labels()?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The longest input the model takes (absolute position embeddings), `None` for rotary
+    /// and ALiBi families.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            ModelConfig::Gpt2(c) => Some(c.seq_length),
+            ModelConfig::PanguAlpha(c) => Some(c.seq_length),
+            ModelConfig::Bert(c) => Some(c.max_positions()),
+            ModelConfig::Llama(_) | ModelConfig::Bloom(_) | ModelConfig::Glm(_) => None,
+        }
+    }
+
+    /// Sets the classification labels (`id2label`, `label2id`, `num_labels`), as transformers'
+    /// example scripts do from the training data.
+    pub fn set_labels(&mut self, labels: &[String]) -> Result<()> {
+        match self {
+            ModelConfig::Bert(c) => {
+                c.set_labels(labels);
+                Ok(())
+            }
+            other => Err(mf_core::invalid(format!(
+                "{} configs have no classification labels",
+                other.model_type()
+            ))),
+        }
+    }
+
     /// The GPT-2 config, or an error naming the actual family.
     pub fn into_gpt2(self) -> Result<GPT2Config> {
         match self {

@@ -140,6 +140,16 @@ impl BertConfig {
         }
     }
 
+    /// The longest input: RoBERTa's positions start past `padding_idx`.
+    pub fn max_positions(&self) -> usize {
+        if self.is_roberta() {
+            self.max_position_embeddings
+                .saturating_sub(self.pad_token_id as usize + 1)
+        } else {
+            self.max_position_embeddings
+        }
+    }
+
     /// Class names by id: `id2label`, else `LABEL_0..` for `num_labels` (2 by default).
     pub fn labels(&self) -> Result<Vec<String>> {
         if self.id2label.is_empty() {
@@ -943,11 +953,7 @@ impl TaskModel for Bert {
     }
 
     fn max_positions(&self) -> usize {
-        if self.config.is_roberta() {
-            self.config.max_position_embeddings - self.config.pad_token_id as usize - 1
-        } else {
-            self.config.max_position_embeddings
-        }
+        self.config.max_positions()
     }
 
     fn vocab_size(&self) -> usize {

@@ -9,6 +9,7 @@ use toml::{Table, Value};
 
 use crate::args::{ResumeFrom, TrainingArguments};
 use crate::parallel::{ParallelConfig, RecomputeConfig};
+use crate::tasks::TrainTask;
 
 /// The whole run: MindFormers' top-level keys and sections. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,11 +98,38 @@ fn default_eval_interval() -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerSection {
-    /// The trainer class; `CausalLanguageModelingTrainer` (task `text_generation`).
+    /// The trainer class, which names the task (see [`TRAINER_TYPES`]).
     #[serde(rename = "type")]
     pub kind: String,
-    /// The preset the model config starts from (`gpt2`, `llama2_7b`, ...).
+    /// The preset the model config starts from (`gpt2`, `llama2_7b`, `txtcls_bert_base_uncased`, ...).
     pub model_name: String,
+}
+
+/// MindFormers' trainer classes and the task each trains.
+pub const TRAINER_TYPES: &[(&str, TrainTask)] = &[
+    ("CausalLanguageModelingTrainer", TrainTask::TextGeneration),
+    ("TextClassificationTrainer", TrainTask::TextClassification),
+    ("TokenClassificationTrainer", TrainTask::TokenClassification),
+    ("QuestionAnsweringTrainer", TrainTask::QuestionAnswering),
+    ("MaskedLanguageModelingTrainer", TrainTask::FillMask),
+];
+
+impl TrainerSection {
+    /// The task `type` names.
+    pub fn task(&self) -> Result<TrainTask> {
+        TRAINER_TYPES
+            .iter()
+            .find(|(k, _)| *k == self.kind)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let known: Vec<&str> = TRAINER_TYPES.iter().map(|(k, _)| *k).collect();
+                invalid(format!(
+                    "trainer.type = '{}': expected one of {}",
+                    self.kind,
+                    known.join(", ")
+                ))
+            })
+    }
 }
 
 /// `context`: where to run.
@@ -230,9 +258,10 @@ pub struct ProcessorSection {
 pub struct DatasetSection {
     /// Where the data is.
     pub data_loader: DataLoader,
-    /// Columns fed to the model.
-    #[serde(default = "default_columns")]
-    pub input_columns: Vec<String>,
+    /// Columns fed to the model: `["input_ids"]` for text_generation (the default); the other
+    /// tasks feed the columns their data collator builds and take none.
+    #[serde(default)]
+    pub input_columns: Option<Vec<String>>,
     /// Drop the last incomplete batch.
     #[serde(default = "yes")]
     pub drop_remainder: bool,
@@ -241,33 +270,116 @@ pub struct DatasetSection {
     pub num_samples: Option<usize>,
 }
 
-fn default_columns() -> Vec<String> {
-    vec!["input_ids".into()]
-}
 fn yes() -> bool {
     true
 }
 
-/// `data_loader`: `TokenShards` (a directory made by `mf data prepare`) or `TextFiles`
-/// (.txt / .jsonl files tokenized and packed into `seq_length + 1` windows at start-up).
+/// `data_loader`: for text_generation `TokenShards` (a directory made by `mf data prepare`)
+/// or `TextFiles` (.txt / .jsonl files tokenized and packed into `seq_length + 1` windows at
+/// start-up); for the other tasks `TableFiles` (JSONL, JSON, CSV or Parquet rows with named
+/// columns, tokenized at start-up).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataLoader {
-    /// `TokenShards` or `TextFiles`.
+    /// `TokenShards`, `TextFiles` or `TableFiles`.
     #[serde(rename = "type")]
     pub kind: String,
     /// For `TokenShards`: the directory.
     #[serde(default)]
     pub dataset_dir: String,
-    /// For `TextFiles`: the files.
+    /// For `TextFiles` and `TableFiles`: the files.
     #[serde(default)]
     pub files: Vec<String>,
-    /// For `TextFiles`: tokens per sample minus one (default: the model's context length).
+    /// Tokens per sample (`TextFiles`: minus one; default: the model's context length,
+    /// capped at 512 for `TableFiles`).
     #[serde(default)]
     pub seq_length: Option<usize>,
     /// Shuffle each epoch.
     #[serde(default = "yes")]
     pub shuffle: bool,
+    /// `TableFiles`, text_classification and fill_mask: the text column (default `text`).
+    #[serde(default)]
+    pub text_column: Option<String>,
+    /// `TableFiles`, text_classification: the second text of sentence pairs.
+    #[serde(default)]
+    pub text_pair_column: Option<String>,
+    /// `TableFiles`, text_classification: the label column (default `label`).
+    #[serde(default)]
+    pub label_column: Option<String>,
+    /// `TableFiles`, token_classification: the words column (default `tokens`).
+    #[serde(default)]
+    pub tokens_column: Option<String>,
+    /// `TableFiles`, token_classification: the per-word tags column (default `ner_tags`).
+    #[serde(default)]
+    pub tags_column: Option<String>,
+    /// `TableFiles`, question_answering: overlap of the windows a long context is split into
+    /// (default 128, as transformers' run_qa).
+    #[serde(default)]
+    pub doc_stride: Option<usize>,
+}
+
+impl DataLoader {
+    /// Checks that the keys set belong to `task` and this loader type.
+    pub fn check_for(&self, task: TrainTask, which: &str) -> Result<()> {
+        let table = self.kind == "TableFiles";
+        let expected: &[&str] = if task == TrainTask::TextGeneration {
+            &["TokenShards", "TextFiles"]
+        } else {
+            &["TableFiles"]
+        };
+        if !expected.contains(&self.kind.as_str()) {
+            return Err(invalid(format!(
+                "{which}.data_loader.type = '{}': {} reads {}",
+                self.kind,
+                task.name(),
+                expected.join(" or ")
+            )));
+        }
+        let keys: [(&str, bool, &[TrainTask]); 6] = [
+            (
+                "text_column",
+                self.text_column.is_some(),
+                &[TrainTask::TextClassification, TrainTask::FillMask],
+            ),
+            (
+                "text_pair_column",
+                self.text_pair_column.is_some(),
+                &[TrainTask::TextClassification],
+            ),
+            (
+                "label_column",
+                self.label_column.is_some(),
+                &[TrainTask::TextClassification],
+            ),
+            (
+                "tokens_column",
+                self.tokens_column.is_some(),
+                &[TrainTask::TokenClassification],
+            ),
+            (
+                "tags_column",
+                self.tags_column.is_some(),
+                &[TrainTask::TokenClassification],
+            ),
+            (
+                "doc_stride",
+                self.doc_stride.is_some(),
+                &[TrainTask::QuestionAnswering],
+            ),
+        ];
+        for (key, set, tasks) in keys {
+            if set && !(table && tasks.contains(&task)) {
+                let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+                return Err(invalid(format!(
+                    "{which}.data_loader.{key} applies to TableFiles data of {}, not to {} with {}",
+                    names.join(" and "),
+                    task.name(),
+                    self.kind
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `optimizer: {type: AdamW, beta1, beta2, eps, weight_decay}`.
@@ -361,11 +473,13 @@ fn one() -> usize {
 }
 
 /// `metric: {type: PerplexityMetric}`: evaluation reports loss and perplexity; `Accuracy`
-/// adds next-token accuracy.
+/// adds next-token accuracy for text_generation. The other tasks name their own metric:
+/// `Accuracy` (text_classification), `EntityScore` (token_classification: entity precision,
+/// recall and F1), `SQuADMetric` (question_answering: exact match and F1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSection {
-    /// PerplexityMetric or Accuracy.
+    /// PerplexityMetric, Accuracy, EntityScore or SQuADMetric.
     #[serde(rename = "type")]
     pub kind: String,
 }
@@ -474,11 +588,28 @@ impl RunConfig {
                 self.run_mode
             )));
         }
-        if self.trainer.kind != "CausalLanguageModelingTrainer" {
-            return Err(invalid(format!(
-                "trainer.type = '{}': the supported trainer is CausalLanguageModelingTrainer (task text_generation)",
-                self.trainer.kind
-            )));
+        let task = self.trainer.task()?;
+        for (which, d) in [
+            ("train_dataset", &self.train_dataset),
+            ("eval_dataset", &self.eval_dataset),
+        ] {
+            let Some(d) = d else { continue };
+            d.data_loader.check_for(task, which)?;
+            match (&d.input_columns, task) {
+                (None, _) => {}
+                (Some(c), TrainTask::TextGeneration) if c == &["input_ids"] => {}
+                (Some(c), TrainTask::TextGeneration) => {
+                    return Err(invalid(format!(
+                        "{which}.input_columns = {c:?}: the text_generation task reads [\"input_ids\"]"
+                    )))
+                }
+                (Some(_), t) => {
+                    return Err(invalid(format!(
+                        "{which}.input_columns: {} builds its model inputs (input_ids, attention_mask, token_type_ids, labels) from the table; remove input_columns and name the table's columns in data_loader (text_column, label_column, ...)",
+                        t.name()
+                    )))
+                }
+            }
         }
         self.context.device()?;
         self.parallel.mode()?;
@@ -492,10 +623,20 @@ impl RunConfig {
         self.parallel_config.validate()?;
         self.recompute_config.validate()?;
         if let Some(m) = &self.metric {
-            if !["PerplexityMetric", "Accuracy"].contains(&m.kind.as_str()) {
+            // MindFormers' metric classes; the trainer computes each task's own.
+            let allowed: &[&str] = match task {
+                TrainTask::TextGeneration => &["PerplexityMetric", "Accuracy"],
+                TrainTask::TextClassification => &["Accuracy"],
+                TrainTask::TokenClassification => &["EntityScore"],
+                TrainTask::QuestionAnswering => &["SQuADMetric"],
+                TrainTask::FillMask => &["PerplexityMetric"],
+            };
+            if !allowed.contains(&m.kind.as_str()) {
                 return Err(invalid(format!(
-                    "metric.type = '{}': expected PerplexityMetric or Accuracy",
-                    m.kind
+                    "metric.type = '{}': {} evaluates with {}",
+                    m.kind,
+                    task.name(),
+                    allowed.join(" or ")
                 )));
             }
         }
@@ -597,10 +738,13 @@ impl RunConfig {
         Ok(a)
     }
 
-    /// Files a `TextFiles` loader names, checked to exist.
+    /// Files a `TextFiles` or `TableFiles` loader names, checked to exist.
     pub fn text_files(loader: &DataLoader) -> Result<Vec<PathBuf>> {
         if loader.files.is_empty() {
-            return Err(invalid("data_loader type TextFiles needs files = [...]"));
+            return Err(invalid(format!(
+                "data_loader type {} needs files = [...] (e.g. --set train_dataset.data_loader.files='[\"train.jsonl\"]')",
+                loader.kind
+            )));
         }
         loader
             .files
@@ -685,6 +829,35 @@ keep_checkpoint_max = 2
             (a.logging_steps, a.save_steps, a.save_total_limit),
             (10, 500, Some(2))
         );
+    }
+
+    #[test]
+    fn every_shipped_run_config_loads() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = Vec::new();
+        for family in std::fs::read_dir(&configs).unwrap() {
+            for f in std::fs::read_dir(family.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                if !name.starts_with("run_") {
+                    continue;
+                }
+                let c = RunConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen.push((name, c.trainer.task().unwrap()));
+            }
+        }
+        for task in [
+            TrainTask::TextGeneration,
+            TrainTask::TextClassification,
+            TrainTask::TokenClassification,
+            TrainTask::QuestionAnswering,
+            TrainTask::FillMask,
+        ] {
+            assert!(
+                seen.iter().filter(|(_, t)| *t == task).count() >= 2,
+                "{task:?}: {seen:?}"
+            );
+        }
     }
 
     #[test]
