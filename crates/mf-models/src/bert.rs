@@ -745,10 +745,23 @@ impl Bert {
             0.0
         };
         let mut hidden = input.output_hidden_states.then(|| vec![x.shallow_clone()]);
-        for l in &self.layers {
-            let split =
-                |w: &(Tensor, Tensor)| linear(&x, w).view([b, t, heads, hd]).transpose(1, 2);
-            let (q, k, v) = (split(&l.query), split(&l.key), split(&l.value));
+        // A sequence classifier reads only the first token of the last layer: that layer's
+        // queries, projections and feed-forward run for that token alone (keys and values
+        // still see every token), a twelfth of BERT-base's work that gives the same logits.
+        let first_only =
+            matches!(self.head, Head::SequenceClassification { .. }) && hidden.is_none();
+        let last = self.layers.len().saturating_sub(1);
+        for (li, l) in self.layers.iter().enumerate() {
+            let split = |x: &Tensor, w: &(Tensor, Tensor)| {
+                let n = x.size()[1];
+                linear(x, w).view([b, n, heads, hd]).transpose(1, 2)
+            };
+            let (k, v) = (split(&x, &l.key), split(&x, &l.value));
+            if first_only && li == last {
+                x = x.narrow(1, 0, 1);
+            }
+            let q = split(&x, &l.query);
+            let tq = x.size()[1];
             let ctx = Tensor::f_scaled_dot_product_attention(
                 &q,
                 &k,
@@ -760,7 +773,7 @@ impl Bert {
                 false,
             )?
             .transpose(1, 2)
-            .reshape([b, t, heads * hd]);
+            .reshape([b, tq, heads * hd]);
             let a = linear(&ctx, &l.attn_out).dropout(self.config.hidden_dropout_prob, train);
             let a = l.attn_norm.forward(&(a + &x));
             let i = self.act.forward(&linear(&a, &l.intermediate));
