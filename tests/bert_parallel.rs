@@ -561,3 +561,35 @@ fn other_layouts_with_a_head_are_a_clear_error() {
     let e = t.train().unwrap_err().to_string();
     assert!(e.contains("bf16/fp16"), "{e}");
 }
+
+/// A rank that fails (here rank 1, whose rows hold a label the head does not have) stops the
+/// run with its own error, not with rank 0's report that a peer left.
+#[test]
+fn a_failing_rank_reports_its_own_error() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = vec!["O".to_string(), "B-PER".to_string()];
+    let rows = (0..BATCH).map(|i| {
+        let label = if i == BATCH - 1 { 9 } else { 1 };
+        vec![
+            mindformers::Column::Int(vec![2, 10 + i as i64, 11, 3]),
+            mindformers::Column::Int(vec![-100, label, 0, -100]),
+        ]
+    });
+    let data = mindformers::GeneratorDataset::new(rows, &["input_ids", "labels"]).unwrap();
+    let model = Head::TokCls.model(&labels, 7);
+    let mut t = Trainer::new("token_classification", model, args(dir.path(), 1))
+        .unwrap()
+        .train_dataset(data)
+        .unwrap();
+    t.set_parallel_config(layout(2, false)).unwrap();
+    let e = t.train().unwrap_err().to_string();
+    assert!(
+        e.contains("data-parallel rank 1")
+            && e.contains("Target 9 is out of bounds")
+            && !e.contains("has left")
+            && !e.contains("frame #"),
+        "not rank 1's own error: {e}"
+    );
+    eprintln!("rank 1's error: {e}");
+}

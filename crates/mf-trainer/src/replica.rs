@@ -31,6 +31,7 @@ use crate::tasks::{forward_columns, Columns};
 
 /// One rank's part of a micro-batch: its rows and the factors its loss is weighted by.
 struct Work {
+    rank: usize,
     /// `None`: the rank has no counted targets in this batch and runs nothing.
     cols: Option<Columns>,
     /// Multiplies the loss before backward: share of the batch times `1 / accumulation`.
@@ -49,10 +50,28 @@ impl Work {
                 0.0
             });
         };
-        let out = forward_columns(model, cols, true)?;
-        let loss = out.loss()?;
-        (loss * self.grad_factor).f_backward()?;
-        Ok(loss.double_value(&[]) * self.loss_factor)
+        let run = || -> Result<f64> {
+            let out = forward_columns(model, cols, true)?;
+            let loss = out.loss()?;
+            (loss * self.grad_factor).f_backward()?;
+            Ok(loss.double_value(&[]) * self.loss_factor)
+        };
+        run().map_err(|e| on_rank(self.rank, e))
+    }
+}
+
+/// Names the rank in a libtorch failure, with libtorch's message and not its C++ trace.
+fn on_rank(rank: usize, e: MfError) -> MfError {
+    match e {
+        MfError::Torch(t) => MfError::TorchOp {
+            op: format!("forward / backward on data-parallel rank {rank}"),
+            msg: t.to_string().lines().next().unwrap_or_default().to_string(),
+        },
+        MfError::TorchOp { op, msg } => MfError::TorchOp {
+            op: format!("{op} on data-parallel rank {rank}"),
+            msg,
+        },
+        e => e,
     }
 }
 
@@ -318,6 +337,7 @@ impl ReplicaDriver {
             if total == 0 {
                 // One device's loss of a batch without targets is NaN: so is the step's.
                 return Work {
+                    rank: r,
                     cols: None,
                     grad_factor: 0.0,
                     loss_factor: f64::NAN,
@@ -325,6 +345,7 @@ impl ReplicaDriver {
             }
             let share = n as f64 / total as f64;
             Work {
+                rank: r,
                 cols: (n > 0).then_some(part),
                 grad_factor: scale * if gradients_mean { share } else { 1.0 },
                 loss_factor: scale * share,
