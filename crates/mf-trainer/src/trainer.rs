@@ -1031,7 +1031,7 @@ impl Trainer {
                         m,
                         &cols,
                         |c| crate::tasks::loss_count(task, m, c),
-                        scale / accum as f64,
+                        1.0 / accum as f64,
                     )?;
                     window_tokens += input_tokens(&cols, batch.size());
                     window_samples += batch.size();
