@@ -352,6 +352,48 @@ impl AutoConfig {
         }
     }
 
+    /// A Hugging Face `config.json` already in memory (e.g. [`crate::PreTrainedModel::config_json`]),
+    /// dispatching on `model_type`; `origin` names it in errors.
+    pub fn from_json_value(v: &serde_json::Value, origin: &str) -> Result<ModelConfig> {
+        fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value, origin: &str) -> Result<T> {
+            serde_json::from_value(v.clone()).map_err(|e| MfError::config(origin, e.to_string()))
+        }
+        Ok(match v.get("model_type").and_then(|m| m.as_str()) {
+            Some("gpt2") => {
+                let c: GPT2Config = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::Gpt2(c)
+            }
+            Some("llama" | "qwen2") => {
+                let c: LlamaConfig = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::Llama(c)
+            }
+            Some("bloom") => {
+                let c: BloomConfig = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::Bloom(c)
+            }
+            Some("glm") => {
+                let c: GlmConfig = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::Glm(c)
+            }
+            Some("pangualpha") => {
+                let c: PanguAlphaConfig = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::PanguAlpha(c)
+            }
+            Some("bert" | "roberta" | "xlm-roberta") => {
+                let c: BertConfig = parse(v, origin)?;
+                c.validate(origin)?;
+                ModelConfig::Bert(c)
+            }
+            Some(other) => return Err(family_error(other, origin)),
+            None => return Err(MfError::config(origin, "no model_type key")),
+        })
+    }
+
     /// Reads a Hugging Face `config.json`, dispatching on `model_type`.
     pub fn from_json_file(path: &Path) -> Result<ModelConfig> {
         if !path.is_file() {

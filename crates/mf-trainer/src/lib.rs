@@ -11,6 +11,7 @@ pub mod model;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+pub mod replica;
 pub mod run_config;
 pub mod runner;
 pub mod schedule;

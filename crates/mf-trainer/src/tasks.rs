@@ -101,6 +101,53 @@ pub fn mask_tokens(
     Ok((out, labels))
 }
 
+/// A head's inputs by column name (`input_ids`, `labels`, `attention_mask`, ...), rows first:
+/// what the trainer forms from a batch, and what a data-parallel rank gets its rows of.
+pub type Columns = Vec<(&'static str, Tensor)>;
+
+/// Runs the head over `cols` (with labels, its output carries the loss).
+pub fn forward_columns(
+    m: &dyn mf_models::TaskModel,
+    cols: &[(&'static str, Tensor)],
+    train: bool,
+) -> Result<mf_models::ModelOutput> {
+    let get = |n: &str| cols.iter().find(|(c, _)| *c == n).map(|(_, t)| t);
+    m.forward(&mf_models::ModelInputs {
+        input_ids: get("input_ids"),
+        attention_mask: get("attention_mask"),
+        token_type_ids: get("token_type_ids"),
+        labels: get("labels"),
+        start_positions: get("start_positions"),
+        end_positions: get("end_positions"),
+        train,
+        ..Default::default()
+    })
+}
+
+/// The number of targets the head's mean loss over `cols` divides by: label tokens other than
+/// `-100` for token classification and masked LM (and single-label classification, whose
+/// cross-entropy ignores `-100` too), rows otherwise. Question answering counts rows: exact
+/// while every answer position lies inside its window, as `mf_data::nlp` makes them.
+pub fn loss_count(
+    task: TrainTask,
+    m: &dyn mf_models::TaskModel,
+    cols: &[(&'static str, Tensor)],
+) -> i64 {
+    let rows = cols.first().map_or(0, |(_, t)| t.size()[0]);
+    let labels = cols.iter().find(|(c, _)| *c == "labels").map(|(_, t)| t);
+    let ignoring = match task {
+        TrainTask::TokenClassification | TrainTask::FillMask => true,
+        TrainTask::TextClassification => labels.is_some_and(|l| {
+            l.kind() == Kind::Int64 && l.dim() == 1 && m.id2label().len() > 1 && !m.multi_label()
+        }),
+        _ => false,
+    };
+    match labels {
+        Some(l) if ignoring => l.ne(-100).sum(Kind::Int64).int64_value(&[]),
+        _ => rows,
+    }
+}
+
 /// Entities of one tag sequence under strict IOB2 (seqeval's strict mode): an entity starts
 /// at `B-X` and continues over `I-X`; an `I-` that does not continue an entity of its type
 /// starts none. Returns `(type, start, end)` with `end` exclusive.

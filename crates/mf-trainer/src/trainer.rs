@@ -8,7 +8,7 @@ use std::time::Instant;
 use mf_core::checkpoint::SafeTensors;
 use mf_core::{invalid, DType, MfError, Result};
 use mf_data::{Batch, BatchedDataset, Dataset, QaWindows, TaskData};
-use mf_models::{AutoConfig, AutoModel, CausalLM, ForwardInput, ModelInputs, TaskModel};
+use mf_models::{AutoConfig, AutoModel, CausalLM, ForwardInput, TaskModel};
 use tch::{Kind, Tensor};
 
 use crate::amp::LossScaler;
@@ -22,8 +22,9 @@ use crate::metrics::{ComputeMetrics, EvalPrediction};
 use crate::model::TrainModel;
 use crate::optim::Optimizer;
 use crate::parallel::{EngineOptions, ParallelConfig, ParallelDriver, RecomputeConfig};
-use crate::tasks::TrainTask;
+use crate::replica::ReplicaDriver;
 pub use crate::tasks::TASKS;
+use crate::tasks::{Columns, TrainTask};
 
 /// A dataset handed to the trainer: already batched, or batched by the arguments' batch size.
 pub enum DatasetArg {
@@ -171,6 +172,93 @@ struct BatchLoss {
     weight: i64,
     tokens: i64,
     kept: Option<(Tensor, Tensor)>,
+}
+
+/// Real (unpadded) input tokens of a head's batch, for throughput.
+fn input_tokens(cols: &[(&'static str, Tensor)], rows: i64) -> i64 {
+    cols.iter().find(|(c, _)| *c == "attention_mask").map_or(
+        rows * cols
+            .first()
+            .and_then(|(_, t)| t.size().get(1).copied())
+            .unwrap_or(1),
+        |(_, t)| t.sum(Kind::Int64).int64_value(&[]),
+    )
+}
+
+/// How `train_loop` runs a parallel layout.
+enum ParallelPlan {
+    /// A causal LM on the sharded runtime.
+    Sharded(Box<(mf_models::ModelConfig, EngineOptions)>),
+    /// A head model as data-parallel replicas.
+    Replicas {
+        data_parallel: usize,
+        opts: mf_parallel::ReplicaOptions,
+        gradients_mean: bool,
+    },
+}
+
+/// The running parallel runtime of a `ParallelPlan`.
+enum Driver {
+    Sharded(Box<ParallelDriver>),
+    Replicas(ReplicaDriver),
+}
+
+impl Driver {
+    fn is_rank_zero(&self) -> bool {
+        match self {
+            Driver::Sharded(d) => d.is_rank_zero(),
+            Driver::Replicas(d) => d.is_rank_zero(),
+        }
+    }
+
+    fn optimizer_state_bytes(&self) -> usize {
+        match self {
+            Driver::Sharded(d) => d.optimizer_state_bytes(),
+            Driver::Replicas(d) => d.optimizer_state_bytes(),
+        }
+    }
+
+    fn load_optimizer(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        match self {
+            Driver::Sharded(d) => d.load_optimizer(tensors),
+            Driver::Replicas(d) => d.load_optimizer(tensors),
+        }
+    }
+
+    fn apply_update(&mut self, lr: f64, clip_coef: f64) -> Result<()> {
+        match self {
+            Driver::Sharded(d) => d.apply_update(lr, clip_coef),
+            Driver::Replicas(d) => d.apply_update(lr, clip_coef),
+        }
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        match self {
+            Driver::Sharded(d) => d.zero_grad(),
+            Driver::Replicas(d) => d.zero_grad(),
+        }
+    }
+
+    /// The full weights into `model` (replicas hold them already) and, with `optimizer`, the
+    /// whole optimizer state on world rank 0.
+    fn gather_into(
+        &mut self,
+        model: &TrainModel,
+        optimizer: bool,
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        match self {
+            Driver::Sharded(d) => d.gather_into(model.causal()?, optimizer),
+            Driver::Replicas(d) if optimizer => d.optimizer_state(),
+            Driver::Replicas(_) => Ok(None),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            Driver::Sharded(d) => d.finish(),
+            Driver::Replicas(d) => d.finish(),
+        }
+    }
 }
 
 fn batched(arg: DatasetArg, batch_size: usize, drop_last: bool) -> Result<BatchedDataset> {
@@ -540,42 +628,19 @@ impl Trainer {
         m: &dyn TaskModel,
         batch: &Batch,
         train: bool,
-    ) -> Result<(mf_models::ModelOutput, Vec<(&'static str, Tensor)>)> {
+    ) -> Result<(mf_models::ModelOutput, Columns)> {
         let cols = self.head_inputs(m, batch)?;
-        let get = |n: &str| cols.iter().find(|(c, _)| *c == n).map(|(_, t)| t);
-        let out = m.forward(&ModelInputs {
-            input_ids: get("input_ids"),
-            attention_mask: get("attention_mask"),
-            token_type_ids: get("token_type_ids"),
-            labels: get("labels"),
-            start_positions: get("start_positions"),
-            end_positions: get("end_positions"),
-            train,
-            ..Default::default()
-        })?;
+        let out = crate::tasks::forward_columns(m, &cols, train)?;
         Ok((out, cols))
     }
 
     fn head_loss(&self, m: &dyn TaskModel, batch: &Batch, train: bool) -> Result<BatchLoss> {
         let (out, cols) = self.head_forward(m, batch, train)?;
         let loss = out.loss()?.shallow_clone();
-        let b = batch.size();
-        let tokens = cols.iter().find(|(c, _)| *c == "attention_mask").map_or(
-            b * cols[0].1.size().get(1).copied().unwrap_or(1),
-            |(_, t)| t.sum(Kind::Int64).int64_value(&[]),
-        );
-        // Token-level losses average over the counted tokens, the others over samples.
-        let weight = match self.task {
-            TrainTask::TokenClassification | TrainTask::FillMask => cols
-                .iter()
-                .find(|(c, _)| *c == "labels")
-                .map_or(b, |(_, t)| t.ne(-100).sum(Kind::Int64).int64_value(&[])),
-            _ => b,
-        };
         Ok(BatchLoss {
             loss,
-            weight,
-            tokens,
+            weight: crate::tasks::loss_count(self.task, m, &cols),
+            tokens: input_tokens(&cols, batch.size()),
             kept: None,
         })
     }
@@ -658,11 +723,7 @@ impl Trainer {
             ));
         }
         if let TrainModel::Head(m) = &self.model {
-            return Err(invalid(format!(
-                "parallel training of {} heads is not supported yet: train {} on one device (STAND_ALONE, no recompute)",
-                m.model_type(),
-                self.task.name()
-            )));
+            self.check_replica_layout(m.model_type())?;
         }
         if self.model.has_lora() {
             return Err(invalid(
@@ -697,6 +758,24 @@ impl Trainer {
                 self.communicator = mf_core::context::take_process_comm();
             }
         }
+        let optimizer = mf_parallel::optim::OptimizerOptions {
+            optim: args.optim.clone(),
+            beta1: args.adam_beta1,
+            beta2: args.adam_beta2,
+            eps: args.adam_epsilon,
+            weight_decay: args.weight_decay,
+        };
+        if let TrainModel::Head(_) = &self.model {
+            let plan = ParallelPlan::Replicas {
+                data_parallel: self.parallel.data_parallel,
+                opts: mf_parallel::ReplicaOptions {
+                    optimizer,
+                    optimizer_shard,
+                },
+                gradients_mean,
+            };
+            return self.train_loop(data, args, &mut None, Some(plan));
+        }
         let config = self.model.causal()?.model_config().ok_or_else(|| {
             invalid(
                 "this model family does not support parallel training yet; train it on one device",
@@ -709,18 +788,61 @@ impl Trainer {
         let opts = EngineOptions {
             parallel,
             recompute: self.recompute.clone(),
-            optimizer: mf_parallel::optim::OptimizerOptions {
-                optim: args.optim.clone(),
-                beta1: args.adam_beta1,
-                beta2: args.adam_beta2,
-                eps: args.adam_epsilon,
-                weight_decay: args.weight_decay,
-            },
+            optimizer,
             gradients_mean,
             seed: args.seed,
             broadcast_init: false,
         };
-        self.train_loop(data, args, &mut None, Some((config, opts)))
+        self.train_loop(
+            data,
+            args,
+            &mut None,
+            Some(ParallelPlan::Sharded(Box::new((config, opts)))),
+        )
+    }
+
+    /// Head models train data-parallel as full replicas (`replica`); every other layout is
+    /// refused by name rather than run differently from what was asked.
+    fn check_replica_layout(&self, model_type: &str) -> Result<()> {
+        let p = &self.parallel;
+        let r = &self.recompute;
+        let unsupported = [
+            (
+                p.model_parallel > 1,
+                format!("model_parallel = {}", p.model_parallel),
+            ),
+            (
+                p.pipeline_stage > 1,
+                format!("pipeline_stage = {}", p.pipeline_stage),
+            ),
+            (
+                p.micro_batch_num > 1,
+                format!("micro_batch_num = {}", p.micro_batch_num),
+            ),
+            (
+                p.micro_batch_interleave_num > 1,
+                format!(
+                    "micro_batch_interleave_num = {}",
+                    p.micro_batch_interleave_num
+                ),
+            ),
+            (p.use_seq_parallel, "use_seq_parallel".to_string()),
+            (r.recompute, "recompute".to_string()),
+            (r.select_recompute, "select_recompute".to_string()),
+        ];
+        let asked: Vec<String> = unsupported
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, what)| what)
+            .collect();
+        if asked.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "{} is not supported for {model_type} heads ({}): the parallel runtime trains data_parallel and optimizer_shard only for {model_type} heads until tensor, pipeline and sequence parallelism and recompute cover every model family; use data_parallel (with optimizer_shard if wanted) alone",
+            asked.join(", "),
+            self.task.name()
+        )))
     }
 
     fn train_loop(
@@ -728,7 +850,7 @@ impl Trainer {
         data: &BatchedDataset,
         args: &TrainingArguments,
         optim_slot: &mut Option<Optimizer>,
-        parallel: Option<(mf_models::ModelConfig, EngineOptions)>,
+        parallel: Option<ParallelPlan>,
     ) -> Result<TrainOutput> {
         let accum = args.gradient_accumulation_steps;
         let per_epoch = data.num_batches();
@@ -803,20 +925,33 @@ impl Trainer {
             }
         }
         let mut driver = match parallel {
-            Some((config, opts)) => {
-                let mut d = match self.communicator.take() {
+            Some(ParallelPlan::Sharded(plan)) => {
+                let (config, opts) = *plan;
+                Some(Driver::Sharded(Box::new(match self.communicator.take() {
                     Some(comm) => {
                         ParallelDriver::join_group(comm, self.model.causal()?, &config, opts)?
                     }
                     None => ParallelDriver::start(self.model.causal()?, &config, opts)?,
-                };
-                if let Some(t) = resumed_optimizer.take() {
-                    d.load_optimizer(t)?;
-                }
-                Some(d)
+                })))
+            }
+            Some(ParallelPlan::Replicas {
+                data_parallel,
+                opts,
+                gradients_mean,
+            }) => {
+                let m = self.model.head()?;
+                Some(Driver::Replicas(match self.communicator.take() {
+                    Some(comm) => {
+                        ReplicaDriver::join_group(comm, m, data_parallel, opts, gradients_mean)?
+                    }
+                    None => ReplicaDriver::start(m, data_parallel, opts, gradients_mean)?,
+                }))
             }
             None => None,
         };
+        if let (Some(d), Some(t)) = (driver.as_mut(), resumed_optimizer.take()) {
+            d.load_optimizer(t)?;
+        }
         let out_dir = PathBuf::from(&args.output_dir);
         std::fs::create_dir_all(&out_dir).map_err(|e| MfError::io(&out_dir, e))?;
         // With one process per rank, only world rank 0 writes the shared output files.
@@ -849,7 +984,7 @@ impl Trainer {
             total_parameters: n_params + if lora { trainable_parameters } else { 0 },
             optimizer_state_bytes: driver
                 .as_ref()
-                .map_or_else(|| optim.state_bytes(), |d| d.optimizer_state_bytes()),
+                .map_or_else(|| optim.state_bytes(), Driver::optimizer_state_bytes),
         };
         for cb in &mut self.callbacks {
             cb.on_train_begin(&begin)?;
@@ -885,7 +1020,25 @@ impl Trainer {
                 let batch = data.get_in(&order, state.micro_batches % per_epoch)?;
                 // Dropout draws from libtorch's global generator: seeding it per micro-batch makes a
                 // resumed run draw exactly what the uninterrupted run drew.
-                if let Some(d) = driver.as_mut() {
+                if let Some(Driver::Replicas(d)) = driver.as_mut() {
+                    // The masks of masked-LM drawn on the whole batch, before it is split, are
+                    // the masks one device draws.
+                    tch::manual_seed(args.seed.wrapping_add(state.micro_batches as u64) as i64);
+                    let m = self.model.head()?;
+                    let cols = self.head_inputs(m, &batch)?;
+                    let task = self.task;
+                    d.forward_backward(
+                        m,
+                        &cols,
+                        |c| crate::tasks::loss_count(task, m, c),
+                        1.0 / accum as f64,
+                    )?;
+                    window_tokens += input_tokens(&cols, batch.size());
+                    window_samples += batch.size();
+                    state.micro_batches += 1;
+                    continue;
+                }
+                if let Some(Driver::Sharded(d)) = driver.as_mut() {
                     let ids = batch.get("input_ids")?;
                     let (b, l) = ids
                         .size2()
@@ -912,7 +1065,12 @@ impl Trainer {
             }
             optim.set_grad_scale(scale);
             let grad_norm = match driver.as_mut() {
-                Some(d) => d.reduce_gradients()?,
+                Some(Driver::Sharded(d)) => d.reduce_gradients()?,
+                Some(Driver::Replicas(d)) => {
+                    let (loss, norm) = d.reduce_gradients()?;
+                    step_loss_ranks = loss;
+                    norm
+                }
                 None => optim.grad_norm(),
             };
             let loss_value = step_loss.double_value(&[]) + step_loss_ranks;
@@ -998,7 +1156,7 @@ impl Trainer {
             if control.should_save {
                 // Every rank takes part in the gather; world rank 0 writes.
                 let opt_state = match driver.as_mut() {
-                    Some(d) => d.gather_into(self.model.causal()?, true)?,
+                    Some(d) => d.gather_into(&self.model, true)?,
                     None => Some(optim.state_tensors()),
                 };
                 if let Some(opt_state) = opt_state {
@@ -1017,7 +1175,7 @@ impl Trainer {
             }
             if control.should_evaluate {
                 if let Some(d) = driver.as_mut() {
-                    d.gather_into(self.model.causal()?, false)?;
+                    d.gather_into(&self.model, false)?;
                 }
                 let m = self.evaluate()?;
                 let mut line = serde_json::json!({"step": state.global_step, "eval_loss": m.eval_loss, "perplexity": m.perplexity});
@@ -1035,7 +1193,7 @@ impl Trainer {
             }
         }
         if let Some(mut d) = driver.take() {
-            d.gather_into(self.model.causal()?, false)?;
+            d.gather_into(&self.model, false)?;
             d.finish()?;
         }
         for cb in &mut self.callbacks {
