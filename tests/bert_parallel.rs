@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use common::fixtures;
+use common::{copy_dir, fixtures};
 use mindformers::data::nlp;
 use mindformers::data::table::Row;
 use mindformers::data::TaskData;
@@ -387,14 +387,6 @@ fn run_ckpt(out: &Path, steps: usize, resume: bool, parallel: Option<ParallelCon
         losses: o.step_losses,
         logged: Vec::new(),
         weights: weights_of(&t),
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

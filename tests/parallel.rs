@@ -4,9 +4,12 @@
 //! micro-batch interleave and recompute, on GPT-2, LLaMA and PanGu-α. A quick subset runs by
 //! default; set `MF_PARALLEL_FULL=1` (`cargo xtask test --full`) for every layout up to 4
 //! ranks.
+mod common;
+
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use common::copy_dir;
 use mindformers::trainer::{ParallelConfig, RecomputeConfig};
 use mindformers::{
     CausalLM, GPT2Config, GPT2LMHeadModel, GeneratorDataset, LlamaConfig, LlamaForCausalLM,
@@ -576,14 +579,6 @@ fn parallel_checkpoints_resume_under_other_layouts() {
             );
         }
         eprintln!("{name}: largest weight difference {worst:e}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
 

@@ -72,3 +72,12 @@ pub fn assert_close(got: &serde_json::Value, want: &serde_json::Value, tol: f64,
         _ => assert_eq!(got, want, "{at}"),
     }
 }
+
+/// Copies the files of `from` (one level) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}

@@ -773,7 +773,7 @@ fn bench_encode(mf: &Path, threads: &str) -> Result<()> {
     ];
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss_ours, mut rss_theirs) = (0f64, 0f64);
-    for _ in 0..3 {
+    for _ in 0..5 {
         let a = json_line(Command::new(mf).arg("bench-encode").args(common))?;
         let b = json_line(
             Command::new(venv_python())

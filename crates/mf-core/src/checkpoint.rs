@@ -424,7 +424,16 @@ pub fn save_safetensors(
     let refs: Vec<(String, &View)> = views.iter().map(|(n, v)| (n.clone(), v)).collect();
     write_atomic(path, |tmp| {
         safetensors::serialize_to_file(refs, metadata, tmp)
-            .map_err(|e| MfError::checkpoint(tmp.display(), e.to_string()))
+            .map_err(|e| MfError::checkpoint(tmp.display(), e.to_string()))?;
+        // The safetensors crate creates its file owner-only (0600); a checkpoint is shared
+        // like the config.json beside it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| MfError::io(tmp, e))?;
+        }
+        Ok(())
     })
 }
 
@@ -480,6 +489,12 @@ mod tests {
             None,
         )
         .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join(WEIGHTS_NAME)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        }
         let st = SafeTensors::open(dir.path()).unwrap();
         assert_eq!(st.names().collect::<Vec<_>>(), ["a.weight", "b.bias"]);
         let p = params();

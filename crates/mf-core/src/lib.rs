@@ -6,6 +6,7 @@ pub mod config;
 pub mod context;
 pub mod device;
 pub mod error;
+pub mod memory;
 
 pub use context::{init_context, Context, ContextConfig, ParallelContextConfig, ParallelMode};
 pub use device::{DType, Device};

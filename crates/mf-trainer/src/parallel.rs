@@ -56,22 +56,25 @@ fn run_worker(mut engine: RankEngine, rx: Receiver<Cmd>) -> Result<()> {
 }
 
 fn load_optimizer(engine: &mut RankEngine, tensors: &[(String, Tensor)]) -> Result<()> {
-    let get = |name: &str| -> Result<Tensor> {
-        tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
-            .ok_or_else(|| {
-                MfError::checkpoint(
-                    "optimizer.safetensors",
-                    format!("optimizer state has no '{name}'"),
-                )
-            })
-    };
-    engine.load_optimizer_state(&get)
+    engine.load_optimizer_state(&|name| optimizer_tensor(tensors, name))
 }
 
-fn clones(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+/// One tensor of a saved optimizer state, or an error naming it.
+pub(crate) fn optimizer_tensor(tensors: &[(String, Tensor)], name: &str) -> Result<Tensor> {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+        .ok_or_else(|| {
+            MfError::checkpoint(
+                "optimizer.safetensors",
+                format!("optimizer state has no '{name}'"),
+            )
+        })
+}
+
+/// Shallow copies of named tensors, to hand to another rank's thread.
+pub(crate) fn clones(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     v.iter()
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect()

@@ -27,6 +27,7 @@ use mf_models::{AutoConfig, AutoModel, TaskModel};
 use mf_parallel::{ReplicaOptions, ReplicaStep};
 use tch::Tensor;
 
+use crate::parallel::{clones, optimizer_tensor};
 use crate::tasks::{forward_columns, Columns};
 
 /// One rank's part of a micro-batch: its rows and the factors its loss is weighted by.
@@ -123,25 +124,7 @@ fn run_worker(model: Box<dyn TaskModel>, mut step: ReplicaStep, rx: Receiver<Cmd
 }
 
 fn load_optimizer(step: &mut ReplicaStep, tensors: &[(String, Tensor)]) -> Result<()> {
-    let get = |name: &str| -> Result<Tensor> {
-        tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
-            .ok_or_else(|| {
-                MfError::checkpoint(
-                    "optimizer.safetensors",
-                    format!("optimizer state has no '{name}'"),
-                )
-            })
-    };
-    step.load_optimizer_state(&get)
-}
-
-fn clones(v: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    v.iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect()
+    step.load_optimizer_state(&|name| optimizer_tensor(tensors, name))
 }
 
 /// A fresh model of `model`'s family, config and head (its weights come from rank 0).

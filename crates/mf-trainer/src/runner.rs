@@ -374,18 +374,7 @@ pub fn run_with(
                 invalid(format!("run_mode {mode} needs a [train_dataset] section"))
             })?;
             trainer = trainer.train_dataset(data)?;
-            let resuming = args.resume_from_checkpoint.is_some();
-            let result = if mode == "finetune" && !resuming {
-                trainer.finetune(weights_source(cfg))?
-            } else {
-                if mode == "train" && !cfg.load_checkpoint.is_empty() && !resuming {
-                    let dir = mf_models::auto::resolve_model_dir(&cfg.load_checkpoint)?;
-                    trainer
-                        .model_mut()
-                        .load_weights(&SafeTensors::open(&dir)?)?;
-                }
-                trainer.train()?
-            };
+            let result = train_or_finetune(&mut trainer, cfg, mode)?;
             report_train(mode, &result, &args.output_dir, out)?;
         }
         "eval" => {
@@ -413,6 +402,23 @@ fn io(e: std::io::Error) -> MfError {
         path: "stdout".into(),
         source: e,
     }
+}
+
+/// `train` (from scratch, or from `load_checkpoint`'s whole model) or `finetune` (a base
+/// checkpoint into this model; a new head keeps its initialisation); a resume takes
+/// everything from its checkpoint instead.
+fn train_or_finetune(trainer: &mut Trainer, cfg: &RunConfig, mode: &str) -> Result<TrainOutput> {
+    let resuming = trainer.args().resume_from_checkpoint.is_some();
+    if mode == "finetune" && !resuming {
+        return trainer.finetune(weights_source(cfg));
+    }
+    if mode == "train" && !cfg.load_checkpoint.is_empty() && !resuming {
+        let dir = mf_models::auto::resolve_model_dir(&cfg.load_checkpoint)?;
+        trainer
+            .model_mut()
+            .load_weights(&SafeTensors::open(&dir)?)?;
+    }
+    trainer.train()
 }
 
 /// Prints what training did: steps, the last checkpoint, the metrics file and the plot.
@@ -509,18 +515,7 @@ fn run_head(
             }
             trainer.set_parallel_config(cfg.parallel_config.clone())?;
             trainer.set_recompute_config(cfg.recompute_config.clone())?;
-            let resuming = args.resume_from_checkpoint.is_some();
-            let result = if mode == "finetune" && !resuming {
-                trainer.finetune(weights_source(cfg))?
-            } else {
-                if mode == "train" && !cfg.load_checkpoint.is_empty() && !resuming {
-                    let dir = mf_models::auto::resolve_model_dir(&cfg.load_checkpoint)?;
-                    trainer
-                        .model_mut()
-                        .load_weights(&SafeTensors::open(&dir)?)?;
-                }
-                trainer.train()?
-            };
+            let result = train_or_finetune(&mut trainer, cfg, mode)?;
             report_train(mode, &result, &args.output_dir, out)
         }
         "eval" => {

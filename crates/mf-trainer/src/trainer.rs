@@ -598,12 +598,12 @@ impl Trainer {
             v.push(("input_ids", ids));
             for n in ["labels", "start_positions", "end_positions"] {
                 if let Some(t) = col(n) {
-                    // One-element label columns are per-sample: [batch, 1] -> [batch].
-                    let t = if t.dim() == 2 && t.size()[1] == 1 && n != "labels"
-                        || (n == "labels"
-                            && self.task == TrainTask::TextClassification
-                            && t.kind() == Kind::Int64)
-                    {
+                    // Per-sample targets arrive as [batch, 1] columns and the heads take
+                    // [batch]: QA positions and single-label class ids. Multi-label targets
+                    // (floats) and per-token labels keep their shape.
+                    let per_sample = n != "labels"
+                        || (self.task == TrainTask::TextClassification && t.kind() == Kind::Int64);
+                    let t = if per_sample && t.dim() == 2 && t.size()[1] == 1 {
                         t.reshape([-1])
                     } else {
                         t

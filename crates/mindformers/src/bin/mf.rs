@@ -971,6 +971,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() {
+    // Before any tensor exists: large activations are reused instead of re-faulted.
+    mindformers::core::memory::keep_freed_memory();
     // A libtorch failure surfaces as a panic inside tch; report it as one line like any error.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
