@@ -76,6 +76,7 @@ fn setup(reference: bool) -> Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                "--no-cache-dir",
             ])
             .arg(format!("torch=={TORCH_VERSION}")))?;
     }
@@ -87,9 +88,24 @@ fn setup(reference: bool) -> Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                "--no-cache-dir",
                 "-r",
             ])
             .arg(root.join("tools/reference/requirements.txt")))?;
+    }
+    // The torch wheel pulls in triton (0.7 GB), which only torch.compile on a GPU uses; nothing
+    // here compiles, and CI's disk is small.
+    if python_ok(
+        "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('triton') else 1)",
+    ) {
+        run(Command::new(venv_python()).args([
+            "-m",
+            "pip",
+            "uninstall",
+            "--quiet",
+            "--yes",
+            "triton",
+        ]))?;
     }
     let torch = torch_dir()?;
     let link = root.join(".libtorch");
