@@ -116,7 +116,7 @@ fn auto_classes_dispatch_on_model_type() {
             &exp.get("single_logits").unwrap(),
         );
         assert!(d <= TOL, "{name}: {d}");
-        let from_config = AutoModel::from_config(&ModelConfig::Llama(c)).unwrap();
+        let from_config = AutoModel::from_config(&ModelConfig::new(c)).unwrap();
         assert_eq!(from_config.num_parameters(), model.num_parameters());
     }
 }

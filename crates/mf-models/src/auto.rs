@@ -1,112 +1,14 @@
 //! The Auto registry: preset names (TOML files in `configs/`, compiled in) and Hugging Face
 //! directories resolve to a model family, its config and its weights.
+use std::any::Any;
 use std::path::{Path, PathBuf};
 
 use mf_core::{DType, Device, MfError, Result};
 use serde::Deserialize;
 
-use crate::bert::BertConfig;
-use crate::bloom::{BloomConfig, BloomForCausalLM};
-use crate::glm::{GlmConfig, GlmForCausalLM};
-use crate::gpt2::{GPT2Config, GPT2LMHeadModel};
-use crate::llama::{LlamaConfig, LlamaForCausalLM};
 use crate::model::CausalLM;
-use crate::pangualpha::{PanguAlphaConfig, PanguAlphaHeadModel};
+use crate::parallel::ParallelFamily;
 use crate::task::{Task, TaskModel};
-
-/// Every preset: (name, TOML text).
-const PRESETS: &[(&str, &str)] = &[
-    ("gpt2", include_str!("../../../configs/gpt2/gpt2.toml")),
-    (
-        "gpt2_xl",
-        include_str!("../../../configs/gpt2/gpt2_xl.toml"),
-    ),
-    (
-        "gpt2_13b",
-        include_str!("../../../configs/gpt2/gpt2_13b.toml"),
-    ),
-    (
-        "gpt2_52b",
-        include_str!("../../../configs/gpt2/gpt2_52b.toml"),
-    ),
-    (
-        "llama_7b",
-        include_str!("../../../configs/llama/llama_7b.toml"),
-    ),
-    (
-        "llama_13b",
-        include_str!("../../../configs/llama/llama_13b.toml"),
-    ),
-    (
-        "llama_65b",
-        include_str!("../../../configs/llama/llama_65b.toml"),
-    ),
-    (
-        "llama2_7b",
-        include_str!("../../../configs/llama/llama2_7b.toml"),
-    ),
-    (
-        "llama2_13b",
-        include_str!("../../../configs/llama/llama2_13b.toml"),
-    ),
-    (
-        "llama2_70b",
-        include_str!("../../../configs/llama/llama2_70b.toml"),
-    ),
-    (
-        "llama3_8b",
-        include_str!("../../../configs/llama/llama3_8b.toml"),
-    ),
-    (
-        "codellama_34b",
-        include_str!("../../../configs/llama/codellama_34b.toml"),
-    ),
-    (
-        "bloom_560m",
-        include_str!("../../../configs/bloom/bloom_560m.toml"),
-    ),
-    (
-        "bloom_7.1b",
-        include_str!("../../../configs/bloom/bloom_7.1b.toml"),
-    ),
-    ("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml")),
-    (
-        "pangualpha_2_6b",
-        include_str!("../../../configs/pangualpha/pangualpha_2_6b.toml"),
-    ),
-    (
-        "pangualpha_13b",
-        include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
-    ),
-    (
-        "bert_base_uncased",
-        include_str!("../../../configs/bert/bert_base_uncased.toml"),
-    ),
-    (
-        "bert_tiny_uncased",
-        include_str!("../../../configs/bert/bert_tiny_uncased.toml"),
-    ),
-    (
-        "txtcls_bert_base_uncased",
-        include_str!("../../../configs/bert/txtcls_bert_base_uncased.toml"),
-    ),
-    (
-        "txtcls_bert_base_uncased_mnli",
-        include_str!("../../../configs/bert/txtcls_bert_base_uncased_mnli.toml"),
-    ),
-    (
-        "tokcls_bert_base_chinese",
-        include_str!("../../../configs/bert/tokcls_bert_base_chinese.toml"),
-    ),
-    (
-        "tokcls_bert_base_chinese_cluener",
-        include_str!("../../../configs/bert/tokcls_bert_base_chinese_cluener.toml"),
-    ),
-    (
-        "qa_bert_base_uncased",
-        include_str!("../../../configs/bert/qa_bert_base_uncased.toml"),
-    ),
-];
 
 /// A preset file: family, hub repository and hyperparameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,144 +27,208 @@ pub struct Preset {
     pub config: toml::Table,
 }
 
+/// Every preset of every family, in registry order: (name, TOML text).
+fn presets() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    FAMILIES.iter().flat_map(|f| f.presets.iter())
+}
+
 /// Names of all presets.
 pub fn preset_names() -> Vec<&'static str> {
-    PRESETS.iter().map(|(n, _)| *n).collect()
+    presets().map(|(n, _)| *n).collect()
 }
 
 /// Looks up a preset by name.
 pub fn preset(name: &str) -> Result<Preset> {
-    let (_, text) = PRESETS
-        .iter()
+    let (_, text) = presets()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| MfError::unknown("model", name, &preset_names()))?;
     mf_core::config::parse_toml(text, &format!("preset {name}"))
 }
 
-/// A config of any supported family.
-// A config is built once per model, so the size of the larger variant costs nothing, and
-// unboxed variants keep `ModelConfig::Llama(c)` patterns plain.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
-    /// GPT-2.
-    Gpt2(GPT2Config),
-    /// LLaMA 1/2/3, CodeLlama and Qwen2 checkpoints.
-    Llama(LlamaConfig),
-    /// BLOOM.
-    Bloom(BloomConfig),
-    /// GLM-4 (transformers' `GlmForCausalLM`).
-    Glm(GlmConfig),
-    /// PanGu-α.
-    PanguAlpha(PanguAlphaConfig),
-    /// BERT, RoBERTa, XLM-RoBERTa.
-    Bert(BertConfig),
+/// What the shared code needs of a family's config; each family implements it in its own file,
+/// so a new family adds a config without touching any shared `match`.
+pub trait FamilyConfig: ConfigAny + std::fmt::Debug + Send + Sync + 'static {
+    /// The family as "expected a {name} config" errors name it.
+    fn family_name() -> &'static str
+    where
+        Self: Sized;
+
+    /// The `model_type` this config declares (a family may serve several).
+    fn model_type(&self) -> &'static str;
+
+    /// The Hugging Face `config.json` content (HF key names).
+    fn config_json(&self) -> serde_json::Value;
+
+    /// The longest input the model takes (absolute position embeddings), `None` for rotary
+    /// and ALiBi families.
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    /// The classification labels the config names, `None` where it names none.
+    fn label_names(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// Sets the classification labels; families without classification heads refuse.
+    fn set_labels(&mut self, _labels: &[String]) -> Result<()> {
+        Err(mf_core::invalid(format!(
+            "{} configs have no classification labels",
+            self.model_type()
+        )))
+    }
+}
+
+/// Cloning, comparing and downcasting a boxed [`FamilyConfig`]; every `Clone + PartialEq`
+/// config gets it from the blanket impl, so families write none of it.
+pub trait ConfigAny {
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn FamilyConfig>;
+    /// The config as `Any`, for downcasting to its concrete type.
+    fn as_any(&self) -> &dyn Any;
+    /// The config as mutable `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// The boxed config as `Any`, for taking it out by value.
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// Equality with a config of any family (different families are unequal).
+    fn eq_config(&self, other: &dyn FamilyConfig) -> bool;
+}
+
+impl<T: FamilyConfig + Clone + PartialEq> ConfigAny for T {
+    fn clone_box(&self) -> Box<dyn FamilyConfig> {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+
+    fn eq_config(&self, other: &dyn FamilyConfig) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+}
+
+/// A config of any registered family.
+pub struct ModelConfig(Box<dyn FamilyConfig>);
+
+impl Clone for ModelConfig {
+    fn clone(&self) -> Self {
+        ModelConfig(self.0.clone_box())
+    }
+}
+
+impl PartialEq for ModelConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_config(other.0.as_ref())
+    }
+}
+
+impl std::fmt::Debug for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<T: FamilyConfig> From<T> for ModelConfig {
+    fn from(c: T) -> Self {
+        ModelConfig(Box::new(c))
+    }
 }
 
 impl ModelConfig {
+    /// Wraps a family config.
+    pub fn new(config: impl FamilyConfig) -> Self {
+        ModelConfig(Box::new(config))
+    }
+
+    /// The family config behind the wrapper.
+    pub fn inner(&self) -> &dyn FamilyConfig {
+        self.0.as_ref()
+    }
+
+    /// Whether this is a `T` config.
+    pub fn is<T: FamilyConfig>(&self) -> bool {
+        self.0.as_any().is::<T>()
+    }
+
+    fn wrong_family<T: FamilyConfig>(&self) -> MfError {
+        mf_core::invalid(format!(
+            "expected a {} config, got a {} config",
+            T::family_name(),
+            self.model_type()
+        ))
+    }
+
+    /// The `T` config, or an error naming the actual family.
+    pub fn downcast<T: FamilyConfig>(&self) -> Result<&T> {
+        self.0
+            .as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| self.wrong_family::<T>())
+    }
+
+    /// The `T` config, mutably, or an error naming the actual family.
+    pub fn downcast_mut<T: FamilyConfig>(&mut self) -> Result<&mut T> {
+        if !self.is::<T>() {
+            return Err(self.wrong_family::<T>());
+        }
+        self.0
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .ok_or_else(|| mf_core::invalid("config downcast failed after its type check"))
+    }
+
+    /// Takes out the `T` config, or an error naming the actual family.
+    pub fn into_config<T: FamilyConfig>(self) -> Result<T> {
+        if !self.is::<T>() {
+            return Err(self.wrong_family::<T>());
+        }
+        self.0
+            .into_any()
+            .downcast::<T>()
+            .map(|c| *c)
+            .map_err(|_| mf_core::invalid("config downcast failed after its type check"))
+    }
+
     /// The classification labels the config names (`id2label`), or `None` where it names
     /// none: HF's placeholder `LABEL_i` names, or a family without classification heads.
     pub fn label_names(&self) -> Result<Option<Vec<String>>> {
-        match self {
-            ModelConfig::Bert(c) if !c.id2label.is_empty() => Ok(Some(c.labels()?)),
-            _ => Ok(None),
-        }
+        self.0.label_names()
     }
 
     /// The longest input the model takes (absolute position embeddings), `None` for rotary
     /// and ALiBi families.
     pub fn max_positions(&self) -> Option<usize> {
-        match self {
-            ModelConfig::Gpt2(c) => Some(c.seq_length),
-            ModelConfig::PanguAlpha(c) => Some(c.seq_length),
-            ModelConfig::Bert(c) => Some(c.max_positions()),
-            ModelConfig::Llama(_) | ModelConfig::Bloom(_) | ModelConfig::Glm(_) => None,
-        }
+        self.0.max_positions()
     }
 
     /// Sets the classification labels (`id2label`, `label2id`, `num_labels`), as transformers'
     /// example scripts do from the training data.
     pub fn set_labels(&mut self, labels: &[String]) -> Result<()> {
-        match self {
-            ModelConfig::Bert(c) => {
-                c.set_labels(labels);
-                Ok(())
-            }
-            other => Err(mf_core::invalid(format!(
-                "{} configs have no classification labels",
-                other.model_type()
-            ))),
-        }
-    }
-
-    /// The GPT-2 config, or an error naming the actual family.
-    pub fn into_gpt2(self) -> Result<GPT2Config> {
-        match self {
-            ModelConfig::Gpt2(c) => Ok(c),
-            other => Err(mf_core::invalid(format!(
-                "expected a gpt2 config, got a {} config",
-                other.model_type()
-            ))),
-        }
-    }
-
-    /// The LLaMA config, or an error naming the actual family.
-    pub fn into_llama(self) -> Result<LlamaConfig> {
-        match self {
-            ModelConfig::Llama(c) => Ok(c),
-            other => Err(mf_core::invalid(format!(
-                "expected a llama config, got a {} config",
-                other.model_type()
-            ))),
-        }
-    }
-
-    /// The BLOOM config, or an error naming the actual family.
-    pub fn into_bloom(self) -> Result<BloomConfig> {
-        match self {
-            ModelConfig::Bloom(c) => Ok(c),
-            other => Err(mf_core::invalid(format!(
-                "expected a bloom config, got a {} config",
-                other.model_type()
-            ))),
-        }
-    }
-
-    /// The GLM config, or an error naming the actual family.
-    pub fn into_glm(self) -> Result<GlmConfig> {
-        match self {
-            ModelConfig::Glm(c) => Ok(c),
-            other => Err(mf_core::invalid(format!(
-                "expected a glm config, got a {} config",
-                other.model_type()
-            ))),
-        }
-    }
-
-    /// The PanGu-α config, or an error naming the actual family.
-    pub fn into_pangualpha(self) -> Result<PanguAlphaConfig> {
-        match self {
-            ModelConfig::PanguAlpha(c) => Ok(c),
-            other => Err(mf_core::invalid(format!(
-                "expected a pangualpha config, got a {} config",
-                other.model_type()
-            ))),
-        }
+        self.0.set_labels(labels)
     }
 
     /// The family name (`model_type`).
     pub fn model_type(&self) -> &'static str {
-        match self {
-            ModelConfig::Gpt2(_) => "gpt2",
-            ModelConfig::Llama(c) if c.is_qwen2() => "qwen2",
-            ModelConfig::Llama(_) => "llama",
-            ModelConfig::Bloom(_) => "bloom",
-            ModelConfig::Glm(_) => "glm",
-            ModelConfig::PanguAlpha(_) => "pangualpha",
-            ModelConfig::Bert(c) if c.model_type == "roberta" => "roberta",
-            ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => "xlm-roberta",
-            ModelConfig::Bert(_) => "bert",
-        }
+        self.0.model_type()
+    }
+
+    /// The Hugging Face `config.json` content.
+    pub fn config_json(&self) -> serde_json::Value {
+        self.0.config_json()
+    }
+
+    /// The registry entry of this config's family.
+    pub fn family(&self) -> Result<&'static Family> {
+        family(self.model_type())
     }
 }
 
@@ -274,6 +240,13 @@ fn family_error(model_type: &str, origin: &str) -> MfError {
             supported_model_types().join(", ")
         ),
     )
+}
+
+fn find_family(model_type: &str) -> Option<&'static Family> {
+    FAMILIES
+        .iter()
+        .find(|f| f.model_types.contains(&model_type))
+        .copied()
 }
 
 /// `AutoConfig.from_pretrained`: preset name or directory to a family config.
@@ -309,89 +282,20 @@ impl AutoConfig {
                 .unwrap_or_else(|| toml::Value::String(v.clone()));
             p.config.insert(k.clone(), value);
         }
-        match p.model_type.as_str() {
-            "gpt2" => {
-                let mut c = preset_config(&p.config, &origin, |c: &GPT2Config| &c.extra)?;
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::Gpt2(c))
-            }
-            "llama" | "qwen2" => {
-                let mut c = preset_config(&p.config, &origin, |c: &LlamaConfig| &c.extra)?;
-                c.model_type = p.model_type.clone();
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::Llama(c))
-            }
-            "bloom" => {
-                let mut c = preset_config(&p.config, &origin, |c: &BloomConfig| &c.extra)?;
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::Bloom(c))
-            }
-            "glm" => {
-                let mut c = preset_config(&p.config, &origin, |c: &GlmConfig| &c.extra)?;
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::Glm(c))
-            }
-            "pangualpha" => {
-                let mut c = preset_config(&p.config, &origin, |c: &PanguAlphaConfig| &c.extra)?;
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::PanguAlpha(c))
-            }
-            "bert" | "roberta" | "xlm-roberta" => {
-                let mut c = preset_config(&p.config, &origin, |c: &BertConfig| &c.extra)?;
-                c.model_type = p.model_type.clone();
-                c.hub_repo = p.hub_repo.clone();
-                c.validate(&origin)?;
-                Ok(ModelConfig::Bert(c))
-            }
-            other => Err(family_error(other, &origin)),
-        }
+        let fam = find_family(&p.model_type).ok_or_else(|| family_error(&p.model_type, &origin))?;
+        (fam.parse_preset)(&p, &origin)
     }
 
     /// A Hugging Face `config.json` already in memory (e.g. [`crate::PreTrainedModel::config_json`]),
     /// dispatching on `model_type`; `origin` names it in errors.
     pub fn from_json_value(v: &serde_json::Value, origin: &str) -> Result<ModelConfig> {
-        fn parse<T: serde::de::DeserializeOwned>(v: &serde_json::Value, origin: &str) -> Result<T> {
-            serde_json::from_value(v.clone()).map_err(|e| MfError::config(origin, e.to_string()))
+        match v.get("model_type").and_then(|m| m.as_str()) {
+            Some(mt) => {
+                let fam = find_family(mt).ok_or_else(|| family_error(mt, origin))?;
+                (fam.parse_json)(v, origin)
+            }
+            None => Err(MfError::config(origin, "no model_type key")),
         }
-        Ok(match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("gpt2") => {
-                let c: GPT2Config = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::Gpt2(c)
-            }
-            Some("llama" | "qwen2") => {
-                let c: LlamaConfig = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::Llama(c)
-            }
-            Some("bloom") => {
-                let c: BloomConfig = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::Bloom(c)
-            }
-            Some("glm") => {
-                let c: GlmConfig = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::Glm(c)
-            }
-            Some("pangualpha") => {
-                let c: PanguAlphaConfig = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::PanguAlpha(c)
-            }
-            Some("bert" | "roberta" | "xlm-roberta") => {
-                let c: BertConfig = parse(v, origin)?;
-                c.validate(origin)?;
-                ModelConfig::Bert(c)
-            }
-            Some(other) => return Err(family_error(other, origin)),
-            None => return Err(MfError::config(origin, "no model_type key")),
-        })
     }
 
     /// Reads a Hugging Face `config.json`, dispatching on `model_type`.
@@ -405,25 +309,27 @@ impl AutoConfig {
         let v: serde_json::Value = mf_core::config::read_json(path)?;
         let origin = path.display().to_string();
         match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("gpt2") => Ok(ModelConfig::Gpt2(GPT2Config::from_json_file(path)?)),
-            Some("llama" | "qwen2") => Ok(ModelConfig::Llama(LlamaConfig::from_json_file(path)?)),
-            Some("bloom") => Ok(ModelConfig::Bloom(BloomConfig::from_json_file(path)?)),
-            Some("glm") => Ok(ModelConfig::Glm(GlmConfig::from_json_file(path)?)),
-            Some("pangualpha") => Ok(ModelConfig::PanguAlpha(PanguAlphaConfig::from_json_file(
-                path,
-            )?)),
-            Some("bert" | "roberta" | "xlm-roberta") => {
-                Ok(ModelConfig::Bert(BertConfig::from_json_file(path)?))
+            Some(mt) => {
+                let fam = find_family(mt).ok_or_else(|| family_error(mt, &origin))?;
+                (fam.read_json)(path)
             }
-            Some(other) => Err(family_error(other, &origin)),
             None => Err(MfError::config(origin, "no model_type key")),
         }
     }
 }
 
+/// A `config.json` value as a family config `T` (not yet validated); `origin` names it in
+/// errors. For a [`Family::parse_json`].
+pub fn json_config<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+    origin: &str,
+) -> Result<T> {
+    serde_json::from_value(v.clone()).map_err(|e| MfError::config(origin, e.to_string()))
+}
+
 /// A preset's `[config]` table as a family config; keys the family does not know are errors
-/// (a typo would otherwise silently keep the default).
-fn preset_config<T>(
+/// (a typo would otherwise silently keep the default). For a [`Family::parse_preset`].
+pub fn preset_config<T>(
     table: &toml::Table,
     origin: &str,
     extra: fn(&T) -> &std::collections::BTreeMap<String, serde_json::Value>,
@@ -494,32 +400,40 @@ impl AutoModel {
         dtype: DType,
     ) -> Result<Box<dyn CausalLM>> {
         let dir = resolve_model_dir(name_or_dir)?;
-        match AutoConfig::from_json_file(&config_file(&dir)?)? {
-            ModelConfig::Bert(c) => Err(no_causal_head(&c.model_type)),
-            c => load_causal(&dir, c.model_type(), device, dtype),
-        }
+        let config = AutoConfig::from_json_file(&config_file(&dir)?)?;
+        load_causal(&dir, config.model_type(), device, dtype)
     }
 
     /// A randomly initialised model of the config's family.
     pub fn from_config(config: &ModelConfig) -> Result<Box<dyn CausalLM>> {
-        match config {
-            ModelConfig::Gpt2(c) => Ok(Box::new(GPT2LMHeadModel::new(c)?)),
-            ModelConfig::Llama(c) => Ok(Box::new(LlamaForCausalLM::new(c)?)),
-            ModelConfig::Bloom(c) => Ok(Box::new(BloomForCausalLM::new(c)?)),
-            ModelConfig::Glm(c) => Ok(Box::new(GlmForCausalLM::new(c)?)),
-            ModelConfig::PanguAlpha(c) => Ok(Box::new(PanguAlphaHeadModel::new(c)?)),
-            ModelConfig::Bert(c) => Err(no_causal_head(&c.model_type)),
+        match config.family()?.causal_from_config {
+            Some(build) => build(config),
+            None => Err(no_causal_head(config.model_type())),
         }
     }
 }
 
-/// One model family, declared in its own file: the `model_type`s it serves, the heads it
-/// offers and how to load each. Adding a family is its file plus one line in [`FAMILIES`].
+/// One model family, declared in its own file: the `model_type`s it serves, its presets, how
+/// to parse its config, the heads it offers and how to build or load each. Adding a family is
+/// its file plus one line in [`FAMILIES`].
 pub struct Family {
     /// Family name, for messages.
     pub name: &'static str,
+    /// The name as prose writes it (`GPT-2`, `PanGu-α`), for messages listing families.
+    pub title: &'static str,
     /// `model_type` values of `config.json` / presets this family reads.
     pub model_types: &'static [&'static str],
+    /// The family's presets (name, TOML text), compiled in from `configs/`.
+    pub presets: &'static [(&'static str, &'static str)],
+    /// Parses a preset (its `[config]` table, HF or MindFormers key names) into a validated
+    /// config; `origin` names it in errors.
+    pub parse_preset: fn(&Preset, &str) -> Result<ModelConfig>,
+    /// Parses a `config.json` value into a validated config; `origin` names it in errors.
+    pub parse_json: fn(&serde_json::Value, &str) -> Result<ModelConfig>,
+    /// Reads a `config.json` file into a validated config.
+    pub read_json: fn(&Path) -> Result<ModelConfig>,
+    /// Builds a randomly initialised causal LM from a config (families with that head).
+    pub causal_from_config: Option<CausalFromConfig>,
     /// Heads the family offers.
     pub tasks: &'static [Task],
     /// Loads a directory as a causal LM (families with that head), straight at the dtype and
@@ -529,12 +443,16 @@ pub struct Family {
     pub load_task: Option<LoadTask>,
     /// Builds a randomly initialised model with any non-causal head from its config.
     pub from_config: Option<FromConfig>,
+    /// The hooks of the parallel engine, for families with a parallel implementation.
+    pub parallel: Option<ParallelFamily>,
 }
 
 /// How a [`Family`] loads a directory as a causal LM at a device and dtype.
 pub type LoadCausal = fn(&Path, Device, DType) -> Result<Box<dyn CausalLM>>;
 /// How a [`Family`] loads a directory with another head at a device and dtype.
 pub type LoadTask = fn(&Path, Task, Device, DType) -> Result<Box<dyn TaskModel>>;
+/// How a [`Family`] builds a randomly initialised causal LM.
+pub type CausalFromConfig = fn(&ModelConfig) -> Result<Box<dyn CausalLM>>;
 /// How a [`Family`] builds a randomly initialised model with a non-causal head.
 pub type FromConfig = fn(&ModelConfig, Task) -> Result<Box<dyn TaskModel>>;
 
@@ -558,10 +476,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
 
 /// The family serving `model_type`.
 pub fn family(model_type: &str) -> Result<&'static Family> {
-    FAMILIES
-        .iter()
-        .find(|f| f.model_types.contains(&model_type))
-        .copied()
+    find_family(model_type)
         .ok_or_else(|| MfError::unknown("model_type", model_type, &supported_model_types()))
 }
 
@@ -740,4 +655,95 @@ auto_head! {
     AutoModelForTokenClassification => Task::TokenClassification,
     /// `AutoModelForQuestionAnswering`.
     AutoModelForQuestionAnswering => Task::QuestionAnswering,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A family config the shared code has never heard of.
+    #[derive(Debug, Clone, PartialEq)]
+    struct ToyConfig {
+        width: usize,
+    }
+
+    impl FamilyConfig for ToyConfig {
+        fn family_name() -> &'static str {
+            "toy"
+        }
+
+        fn model_type(&self) -> &'static str {
+            "toy"
+        }
+
+        fn config_json(&self) -> serde_json::Value {
+            serde_json::json!({ "model_type": "toy", "width": self.width })
+        }
+    }
+
+    #[test]
+    fn an_unregistered_config_type_works_through_the_wrapper() {
+        let mut c = ModelConfig::new(ToyConfig { width: 3 });
+        assert_eq!(c.model_type(), "toy");
+        assert_eq!(c.clone(), c);
+        assert_ne!(c, ModelConfig::new(ToyConfig { width: 4 }));
+        assert_eq!(c.max_positions(), None);
+        assert_eq!(c.label_names().unwrap(), None);
+        let e = c.set_labels(&["a".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("toy configs have no classification labels"),
+            "{e}"
+        );
+        c.downcast_mut::<ToyConfig>().unwrap().width = 5;
+        assert_eq!(c.downcast::<ToyConfig>().unwrap().width, 5);
+        let e = c.clone().into_gpt2().unwrap_err().to_string();
+        assert!(
+            e.contains("expected a gpt2 config, got a toy config"),
+            "{e}"
+        );
+        assert_eq!(
+            c.into_config::<ToyConfig>().unwrap(),
+            ToyConfig { width: 5 }
+        );
+        let e = AutoModel::from_config(&ModelConfig::new(ToyConfig { width: 1 }))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("model_type"), "{e}");
+    }
+
+    #[test]
+    fn every_preset_round_trips_through_config_json() {
+        for fam in FAMILIES {
+            assert!(!fam.presets.is_empty(), "{} has no presets", fam.name);
+            for (name, _) in fam.presets {
+                let c = AutoConfig::from_pretrained(name).unwrap();
+                assert!(fam.model_types.contains(&c.model_type()), "{name}");
+                assert_eq!(c.family().unwrap().name, fam.name, "{name}");
+                let json = c.config_json();
+                let back = AutoConfig::from_json_value(&json, name).unwrap();
+                assert_eq!(back.model_type(), c.model_type(), "{name}");
+                assert_eq!(back.config_json(), json, "{name}");
+                assert_eq!(back.max_positions(), c.max_positions(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_families_are_config_errors_listing_the_registry() {
+        let e = AutoConfig::from_json_value(&serde_json::json!({ "model_type": "toy" }), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model_type 'toy' is not supported; supported: gpt2"),
+            "{e}"
+        );
+        let e = crate::parallel::layer_count(&AutoConfig::from_pretrained("bloom_560m").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("parallel training supports GPT-2, LLaMA and PanGu-α so far"),
+            "{e}"
+        );
+    }
 }

@@ -1049,20 +1049,98 @@ const TASKS: &[Task] = &[
     Task::QuestionAnswering,
 ];
 
+impl crate::auto::FamilyConfig for BertConfig {
+    fn family_name() -> &'static str {
+        "bert"
+    }
+
+    fn model_type(&self) -> &'static str {
+        MODEL_TYPES
+            .iter()
+            .find(|t| **t == self.model_type)
+            .copied()
+            .unwrap_or("bert")
+    }
+
+    // A config alone does not know its head; the headless base model names the architecture.
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json(Task::Base)
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(BertConfig::max_positions(self))
+    }
+
+    fn label_names(&self) -> Result<Option<Vec<String>>> {
+        if self.id2label.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(self.labels()?))
+        }
+    }
+
+    fn set_labels(&mut self, labels: &[String]) -> Result<()> {
+        BertConfig::set_labels(self, labels);
+        Ok(())
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "bert",
+    title: "BERT",
     model_types: MODEL_TYPES,
+    presets: &[
+        (
+            "bert_base_uncased",
+            include_str!("../../../configs/bert/bert_base_uncased.toml"),
+        ),
+        (
+            "bert_tiny_uncased",
+            include_str!("../../../configs/bert/bert_tiny_uncased.toml"),
+        ),
+        (
+            "txtcls_bert_base_uncased",
+            include_str!("../../../configs/bert/txtcls_bert_base_uncased.toml"),
+        ),
+        (
+            "txtcls_bert_base_uncased_mnli",
+            include_str!("../../../configs/bert/txtcls_bert_base_uncased_mnli.toml"),
+        ),
+        (
+            "tokcls_bert_base_chinese",
+            include_str!("../../../configs/bert/tokcls_bert_base_chinese.toml"),
+        ),
+        (
+            "tokcls_bert_base_chinese_cluener",
+            include_str!("../../../configs/bert/tokcls_bert_base_chinese_cluener.toml"),
+        ),
+        (
+            "qa_bert_base_uncased",
+            include_str!("../../../configs/bert/qa_bert_base_uncased.toml"),
+        ),
+    ],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &BertConfig| &c.extra)?;
+        c.model_type = p.model_type.clone();
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: BertConfig = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| Ok(crate::ModelConfig::new(BertConfig::from_json_file(path)?)),
+    causal_from_config: None,
     tasks: TASKS,
     load_causal: None,
     load_task: Some(|dir, task, device, dtype| {
         Ok(Box::new(Bert::from_dir(dir, task, device, dtype)?))
     }),
-    from_config: Some(|config, task| match config {
-        crate::ModelConfig::Bert(c) => Ok(Box::new(Bert::new(c, task)?)),
-        other => Err(invalid(format!(
-            "expected a BERT-family config, got {}",
-            other.model_type()
-        ))),
+    from_config: Some(|config, task| {
+        Ok(Box::new(Bert::new(config.downcast::<BertConfig>()?, task)?))
     }),
+    parallel: None,
 };

@@ -656,16 +656,66 @@ impl PreTrainedModel for BloomForCausalLM {
     }
 }
 
+impl crate::auto::FamilyConfig for BloomConfig {
+    fn family_name() -> &'static str {
+        "bloom"
+    }
+
+    fn model_type(&self) -> &'static str {
+        "bloom"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json()
+    }
+}
+
+impl crate::ModelConfig {
+    /// The BLOOM config, or an error naming the actual family.
+    pub fn into_bloom(self) -> Result<BloomConfig> {
+        self.into_config()
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "bloom",
+    title: "BLOOM",
     model_types: &["bloom"],
+    presets: &[
+        (
+            "bloom_560m",
+            include_str!("../../../configs/bloom/bloom_560m.toml"),
+        ),
+        (
+            "bloom_7.1b",
+            include_str!("../../../configs/bloom/bloom_7.1b.toml"),
+        ),
+    ],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &BloomConfig| &c.extra)?;
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: BloomConfig = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| Ok(crate::ModelConfig::new(BloomConfig::from_json_file(path)?)),
+    causal_from_config: Some(|config| {
+        Ok(Box::new(BloomForCausalLM::new(
+            config.downcast::<BloomConfig>()?,
+        )?))
+    }),
     tasks: &[crate::task::Task::CausalLM],
     load_causal: Some(|dir, device, dtype| {
         Ok(Box::new(BloomForCausalLM::from_dir_on(dir, device, dtype)?))
     }),
     load_task: None,
     from_config: None,
+    parallel: None,
 };
 
 #[cfg(test)]

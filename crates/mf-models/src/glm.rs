@@ -723,16 +723,57 @@ impl PreTrainedModel for GlmForCausalLM {
     }
 }
 
+impl crate::auto::FamilyConfig for GlmConfig {
+    fn family_name() -> &'static str {
+        "glm"
+    }
+
+    fn model_type(&self) -> &'static str {
+        "glm"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json()
+    }
+}
+
+impl crate::ModelConfig {
+    /// The GLM config, or an error naming the actual family.
+    pub fn into_glm(self) -> Result<GlmConfig> {
+        self.into_config()
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "glm",
+    title: "GLM-4",
     model_types: &["glm"],
+    presets: &[("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml"))],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &GlmConfig| &c.extra)?;
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: GlmConfig = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| Ok(crate::ModelConfig::new(GlmConfig::from_json_file(path)?)),
+    causal_from_config: Some(|config| {
+        Ok(Box::new(GlmForCausalLM::new(
+            config.downcast::<GlmConfig>()?,
+        )?))
+    }),
     tasks: &[crate::task::Task::CausalLM],
     load_causal: Some(|dir, device, dtype| {
         Ok(Box::new(GlmForCausalLM::from_dir_on(dir, device, dtype)?))
     }),
     load_task: None,
     from_config: None,
+    parallel: None,
 };
 
 #[cfg(test)]

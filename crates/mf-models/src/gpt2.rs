@@ -532,7 +532,7 @@ impl CausalLM for GPT2LMHeadModel {
     }
 
     fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::Gpt2(self.config.clone()))
+        Some(crate::ModelConfig::new(self.config.clone()))
     }
 }
 
@@ -822,14 +822,89 @@ impl crate::parallel::ParallelLM for GPT2Stage {
     }
 }
 
+impl crate::auto::FamilyConfig for GPT2Config {
+    fn family_name() -> &'static str {
+        "gpt2"
+    }
+
+    fn model_type(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json()
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.seq_length)
+    }
+}
+
+impl crate::ModelConfig {
+    /// The GPT-2 config, or an error naming the actual family.
+    pub fn into_gpt2(self) -> Result<GPT2Config> {
+        self.into_config()
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "gpt2",
+    title: "GPT-2",
     model_types: &["gpt2"],
+    presets: &[
+        ("gpt2", include_str!("../../../configs/gpt2/gpt2.toml")),
+        (
+            "gpt2_xl",
+            include_str!("../../../configs/gpt2/gpt2_xl.toml"),
+        ),
+        (
+            "gpt2_13b",
+            include_str!("../../../configs/gpt2/gpt2_13b.toml"),
+        ),
+        (
+            "gpt2_52b",
+            include_str!("../../../configs/gpt2/gpt2_52b.toml"),
+        ),
+    ],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &GPT2Config| &c.extra)?;
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: GPT2Config = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| Ok(crate::ModelConfig::new(GPT2Config::from_json_file(path)?)),
+    causal_from_config: Some(|config| {
+        Ok(Box::new(GPT2LMHeadModel::new(
+            config.downcast::<GPT2Config>()?,
+        )?))
+    }),
     tasks: &[crate::task::Task::CausalLM],
     load_causal: Some(|dir, device, dtype| {
         Ok(Box::new(GPT2LMHeadModel::from_dir_on(dir, device, dtype)?))
     }),
     load_task: None,
     from_config: None,
+    parallel: Some(crate::parallel::ParallelFamily {
+        dims: |config| {
+            let c = config.downcast::<GPT2Config>()?;
+            Ok(crate::parallel::ParallelDims {
+                heads: c.num_heads,
+                kv_heads: None,
+                vocab: c.vocab_size,
+                layers: c.num_layers,
+            })
+        },
+        build_stage: |config, spec| {
+            Ok(Box::new(GPT2Stage::new(
+                config.downcast::<GPT2Config>()?,
+                spec,
+            )?))
+        },
+    }),
 };

@@ -17,7 +17,7 @@ pub mod task;
 pub use auto::{
     AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
     AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-    AutoModelForTokenClassification, ModelConfig,
+    AutoModelForTokenClassification, FamilyConfig, ModelConfig,
 };
 pub use bert::{
     Bert, BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,

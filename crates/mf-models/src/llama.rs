@@ -931,7 +931,7 @@ impl CausalLM for LlamaForCausalLM {
     }
 
     fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::Llama(self.config.clone()))
+        Some(crate::ModelConfig::new(self.config.clone()))
     }
 }
 
@@ -1243,16 +1243,111 @@ impl crate::parallel::ParallelLM for LlamaStage {
     }
 }
 
+impl crate::auto::FamilyConfig for LlamaConfig {
+    fn family_name() -> &'static str {
+        "llama"
+    }
+
+    fn model_type(&self) -> &'static str {
+        if self.is_qwen2() {
+            "qwen2"
+        } else {
+            "llama"
+        }
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json()
+    }
+}
+
+impl crate::ModelConfig {
+    /// The LLaMA config, or an error naming the actual family.
+    pub fn into_llama(self) -> Result<LlamaConfig> {
+        self.into_config()
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "llama",
+    title: "LLaMA",
     model_types: &["llama", "qwen2"],
+    presets: &[
+        (
+            "llama_7b",
+            include_str!("../../../configs/llama/llama_7b.toml"),
+        ),
+        (
+            "llama_13b",
+            include_str!("../../../configs/llama/llama_13b.toml"),
+        ),
+        (
+            "llama_65b",
+            include_str!("../../../configs/llama/llama_65b.toml"),
+        ),
+        (
+            "llama2_7b",
+            include_str!("../../../configs/llama/llama2_7b.toml"),
+        ),
+        (
+            "llama2_13b",
+            include_str!("../../../configs/llama/llama2_13b.toml"),
+        ),
+        (
+            "llama2_70b",
+            include_str!("../../../configs/llama/llama2_70b.toml"),
+        ),
+        (
+            "llama3_8b",
+            include_str!("../../../configs/llama/llama3_8b.toml"),
+        ),
+        (
+            "codellama_34b",
+            include_str!("../../../configs/llama/codellama_34b.toml"),
+        ),
+    ],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &LlamaConfig| &c.extra)?;
+        c.model_type = p.model_type.clone();
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: LlamaConfig = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| Ok(crate::ModelConfig::new(LlamaConfig::from_json_file(path)?)),
+    causal_from_config: Some(|config| {
+        Ok(Box::new(LlamaForCausalLM::new(
+            config.downcast::<LlamaConfig>()?,
+        )?))
+    }),
     tasks: &[crate::task::Task::CausalLM],
     load_causal: Some(|dir, device, dtype| {
         Ok(Box::new(LlamaForCausalLM::from_dir_on(dir, device, dtype)?))
     }),
     load_task: None,
     from_config: None,
+    parallel: Some(crate::parallel::ParallelFamily {
+        dims: |config| {
+            let c = config.downcast::<LlamaConfig>()?;
+            Ok(crate::parallel::ParallelDims {
+                heads: c.num_attention_heads,
+                kv_heads: Some(c.kv_heads()),
+                vocab: c.vocab_size,
+                layers: c.num_hidden_layers,
+            })
+        },
+        build_stage: |config, spec| {
+            Ok(Box::new(LlamaStage::new(
+                config.downcast::<LlamaConfig>()?,
+                spec,
+            )?))
+        },
+    }),
 };
 
 #[cfg(test)]

@@ -573,7 +573,7 @@ impl CausalLM for PanguAlphaHeadModel {
     }
 
     fn model_config(&self) -> Option<crate::ModelConfig> {
-        Some(crate::ModelConfig::PanguAlpha(self.config.clone()))
+        Some(crate::ModelConfig::new(self.config.clone()))
     }
 }
 
@@ -916,10 +916,67 @@ impl crate::parallel::ParallelLM for PanguAlphaStage {
     }
 }
 
+impl crate::auto::FamilyConfig for PanguAlphaConfig {
+    fn family_name() -> &'static str {
+        "pangualpha"
+    }
+
+    fn model_type(&self) -> &'static str {
+        "pangualpha"
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.to_hf_json()
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.seq_length)
+    }
+}
+
+impl crate::ModelConfig {
+    /// The PanGu-α config, or an error naming the actual family.
+    pub fn into_pangualpha(self) -> Result<PanguAlphaConfig> {
+        self.into_config()
+    }
+}
+
 /// The registry entry of this family (see [`crate::auto::FAMILIES`]).
 pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "pangualpha",
+    title: "PanGu-α",
     model_types: &["pangualpha"],
+    presets: &[
+        (
+            "pangualpha_2_6b",
+            include_str!("../../../configs/pangualpha/pangualpha_2_6b.toml"),
+        ),
+        (
+            "pangualpha_13b",
+            include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
+        ),
+    ],
+    parse_preset: |p, origin| {
+        let mut c = crate::auto::preset_config(&p.config, origin, |c: &PanguAlphaConfig| &c.extra)?;
+        c.hub_repo = p.hub_repo.clone();
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    parse_json: |v, origin| {
+        let c: PanguAlphaConfig = crate::auto::json_config(v, origin)?;
+        c.validate(origin)?;
+        Ok(crate::ModelConfig::new(c))
+    },
+    read_json: |path| {
+        Ok(crate::ModelConfig::new(PanguAlphaConfig::from_json_file(
+            path,
+        )?))
+    },
+    causal_from_config: Some(|config| {
+        Ok(Box::new(PanguAlphaHeadModel::new(
+            config.downcast::<PanguAlphaConfig>()?,
+        )?))
+    }),
     tasks: &[crate::task::Task::CausalLM],
     load_causal: Some(|dir, device, dtype| {
         Ok(Box::new(PanguAlphaHeadModel::from_dir_on(
@@ -928,6 +985,23 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     }),
     load_task: None,
     from_config: None,
+    parallel: Some(crate::parallel::ParallelFamily {
+        dims: |config| {
+            let c = config.downcast::<PanguAlphaConfig>()?;
+            Ok(crate::parallel::ParallelDims {
+                heads: c.num_heads,
+                kv_heads: None,
+                vocab: c.vocab_size,
+                layers: c.num_layers,
+            })
+        },
+        build_stage: |config, spec| {
+            Ok(Box::new(PanguAlphaStage::new(
+                config.downcast::<PanguAlphaConfig>()?,
+                spec,
+            )?))
+        },
+    }),
 };
 
 #[cfg(test)]

@@ -194,34 +194,73 @@ pub fn local_layer(spec: &StageSpec, layer: usize) -> Result<usize> {
     }
 }
 
+/// What a family with a parallel implementation gives the parallel engine (see
+/// [`crate::auto::Family::parallel`]).
+pub struct ParallelFamily {
+    /// The sizes the layout is checked against.
+    pub dims: fn(&ModelConfig) -> Result<ParallelDims>,
+    /// Builds one stage (random weights: the runtime copies the shards of the real weights in).
+    pub build_stage: fn(&ModelConfig, StageSpec) -> Result<Box<dyn ParallelLM>>,
+}
+
+/// The sizes of a model that a parallel layout must divide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParallelDims {
+    /// Attention (query) heads.
+    pub heads: usize,
+    /// Key/value heads of grouped-query attention, where they differ from `heads` by design.
+    pub kv_heads: Option<usize>,
+    /// Vocabulary rows.
+    pub vocab: usize,
+    /// Decoder layers.
+    pub layers: usize,
+}
+
+/// The families with a parallel implementation, as prose lists them ("A, B and C").
+fn parallel_titles() -> String {
+    let t: Vec<&str> = crate::auto::FAMILIES
+        .iter()
+        .filter(|f| f.parallel.is_some())
+        .map(|f| f.title)
+        .collect();
+    match t.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => last.to_string(),
+        None => "no family".into(),
+    }
+}
+
+/// The parallel hooks of `config`'s family, or `unsupported`'s error naming the families that
+/// have them.
+fn parallel_family(
+    config: &ModelConfig,
+    unsupported: fn(&str, &str) -> String,
+) -> Result<&'static ParallelFamily> {
+    config
+        .family()?
+        .parallel
+        .as_ref()
+        .ok_or_else(|| invalid(unsupported(&parallel_titles(), config.model_type())))
+}
+
 /// The decoder layers of a model, for splitting it into stages.
 pub fn layer_count(config: &ModelConfig) -> Result<usize> {
-    match config {
-        ModelConfig::Gpt2(c) => Ok(c.num_layers),
-        ModelConfig::Llama(c) => Ok(c.num_hidden_layers),
-        ModelConfig::PanguAlpha(c) => Ok(c.num_layers),
-        other => Err(invalid(format!(
-            "parallel training supports GPT-2, LLaMA and PanGu-α so far; this model is {}",
-            other.model_type()
-        ))),
-    }
+    let fam = parallel_family(config, |fams, mt| {
+        format!("parallel training supports {fams} so far; this model is {mt}")
+    })?;
+    Ok((fam.dims)(config)?.layers)
 }
 
 /// Builds one stage of the model `config` describes (random weights: the runtime copies the
 /// shards of the real weights in).
 pub fn build_stage(config: &ModelConfig, spec: StageSpec) -> Result<Box<dyn ParallelLM>> {
-    match config {
-        ModelConfig::Gpt2(c) => Ok(Box::new(crate::gpt2::GPT2Stage::new(c, spec)?)),
-        ModelConfig::Llama(c) => Ok(Box::new(crate::llama::LlamaStage::new(c, spec)?)),
-        ModelConfig::PanguAlpha(c) => Ok(Box::new(crate::pangualpha::PanguAlphaStage::new(
-            c, spec,
-        )?)),
-        other => Err(invalid(format!(
-            "parallel training (data/model/pipeline parallel, recompute) supports GPT-2, LLaMA and PanGu-α so far; \
-             this model is {}. Train it on one device",
-            other.model_type()
-        ))),
-    }
+    let fam = parallel_family(config, |fams, mt| {
+        format!(
+            "parallel training (data/model/pipeline parallel, recompute) supports {fams} so far; \
+             this model is {mt}. Train it on one device"
+        )
+    })?;
+    (fam.build_stage)(config, spec)
 }
 
 /// Attention-head and vocabulary divisibility and layer count of a model against a layout.
@@ -231,25 +270,24 @@ pub fn check_layout(
     stages: usize,
     vocab_parallel: bool,
 ) -> Result<()> {
-    let (heads, vocab, layers) = match config {
-        ModelConfig::Gpt2(c) => (c.num_heads, c.vocab_size, c.num_layers),
-        ModelConfig::Llama(c) => {
-            if !c.kv_heads().is_multiple_of(model_parallel) {
-                return Err(invalid(format!(
-                    "the model's {} key/value heads are not divisible by model_parallel = {model_parallel}; pick a model_parallel that divides them",
-                    c.kv_heads()
-                )));
-            }
-            (c.num_attention_heads, c.vocab_size, c.num_hidden_layers)
-        }
-        ModelConfig::PanguAlpha(c) => (c.num_heads, c.vocab_size, c.num_layers),
-        other => {
+    let fam = parallel_family(config, |fams, mt| {
+        format!(
+            "parallel training supports {fams} so far; this model is {mt}. Train it on one device"
+        )
+    })?;
+    let ParallelDims {
+        heads,
+        kv_heads,
+        vocab,
+        layers,
+    } = (fam.dims)(config)?;
+    if let Some(kv) = kv_heads {
+        if !kv.is_multiple_of(model_parallel) {
             return Err(invalid(format!(
-                "parallel training supports GPT-2, LLaMA and PanGu-α so far; this model is {}. Train it on one device",
-                other.model_type()
-            )))
+                "the model's {kv} key/value heads are not divisible by model_parallel = {model_parallel}; pick a model_parallel that divides them"
+            )));
         }
-    };
+    }
     if !heads.is_multiple_of(model_parallel) {
         return Err(invalid(format!(
             "num_heads = {heads} is not divisible by model_parallel = {model_parallel}; pick a model_parallel that divides it"

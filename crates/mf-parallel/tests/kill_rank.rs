@@ -116,7 +116,7 @@ fn setup() -> (ModelConfig, Vec<(String, Tensor)>, EngineOptions) {
         seed: 0,
         broadcast_init: false,
     };
-    (ModelConfig::Gpt2(cfg), full, opts)
+    (ModelConfig::new(cfg), full, opts)
 }
 
 /// The run's root-cause error and, for every rank but the killed one, how long after the

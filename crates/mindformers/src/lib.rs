@@ -23,10 +23,10 @@ pub use mf_models::{
     AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
     AutoModelForTokenClassification, Bert, BertConfig, BertForMaskedLM, BertForQuestionAnswering,
     BertForSequenceClassification, BertForTokenClassification, BertModel, BloomConfig,
-    BloomForCausalLM, CausalLM, ForwardInput, GPT2Config, GPT2LMHeadModel, GenerationConfig,
-    GenerationOverrides, GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM, LoraConfig,
-    ModelConfig, ModelInputs, ModelOutput, PanguAlphaConfig, PanguAlphaHeadModel, PreTrainedModel,
-    Streamer, Task, TaskModel, TextStreamer,
+    BloomForCausalLM, CausalLM, FamilyConfig, ForwardInput, GPT2Config, GPT2LMHeadModel,
+    GenerationConfig, GenerationOverrides, GlmConfig, GlmForCausalLM, LlamaConfig,
+    LlamaForCausalLM, LoraConfig, ModelConfig, ModelInputs, ModelOutput, PanguAlphaConfig,
+    PanguAlphaHeadModel, PreTrainedModel, Streamer, Task, TaskModel, TextStreamer,
 };
 pub use mf_pipeline::{
     self as pipelines, pipeline, AggregationStrategy, CallOptions, FeatureExtractionPipeline,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mindformers::{
     pipeline, AutoConfig, AutoModel, AutoTokenizer, CallOptions, DType, Device,
-    GenerationOverrides, ModelConfig, PipelineInput, Streamer, TextStreamer,
+    GenerationOverrides, PipelineInput, Streamer, TextStreamer,
 };
 
 #[derive(Parser)]
@@ -628,7 +628,8 @@ fn run(cli: Cli) -> Result<()> {
             let dtype: DType = dtype.parse()?;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(seed);
-            let params = if let ModelConfig::Bert(_) = &cfg {
+            let family = cfg.family()?;
+            let params = if !family.tasks.contains(&mindformers::Task::CausalLM) {
                 // An encoder preset is built with the head of its task.
                 let task = mindformers::models::auto::preset(&preset)?
                     .task
@@ -646,7 +647,7 @@ fn run(cli: Cli) -> Result<()> {
                 let mut model = AutoModel::from_config(&cfg)?;
                 model.to(Device::Cpu, dtype)?;
                 model.save_pretrained(&output)?;
-                if let ModelConfig::Gpt2(_) = cfg {
+                if cfg.is::<mindformers::GPT2Config>() {
                     AutoTokenizer::from_pretrained(&preset)?.save_pretrained(&output)?
                 }
                 // No LLaMA/BLOOM/GLM/PanGu-α tokenizer is bundled; its files come with the
