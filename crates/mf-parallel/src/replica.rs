@@ -498,14 +498,16 @@ mod tests {
             assert_eq!(got.len(), want.len(), "shard={shard} elems={elems}");
             for ((n, a), (m, b)) in got.iter().zip(&want) {
                 assert_eq!(n, m);
+                // Relative: second moments reach ~10, and the reduction sums (and so the
+                // gradient norm) round differently per bucket layout and thread timing.
                 let d = a
                     .iter()
                     .zip(b)
-                    .map(|(x, y)| (x - y).abs())
+                    .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
                     .fold(0.0, f32::max);
                 assert!(
-                    d < 1e-6,
-                    "shard={shard} elems={elems}: '{n}' differs by {d}"
+                    d < 1e-5,
+                    "shard={shard} elems={elems}: '{n}' differs by {d} (relative)"
                 );
             }
         }
