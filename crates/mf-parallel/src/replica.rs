@@ -417,13 +417,17 @@ mod tests {
     /// Two ranks train three steps of a toy loss with buckets of at most `bucket_elems`
     /// elements; returns rank 0's weights and optimizer state.
     fn run(shard: bool, bucket_elems: i64) -> Vec<(String, Vec<f32>)> {
-        tch::manual_seed(3);
-        // Drawn here: rank threads must not share libtorch's generator.
+        // A formula, not libtorch's generator: tests run concurrently in one process and would
+        // draw from the same global generator between another test's seed and draws.
         let init: Vec<(Vec<i64>, Vec<f32>)> = shapes()
             .into_iter()
-            .map(|s| {
-                let t = Tensor::randn(s.as_slice(), (Kind::Float, tch::Device::Cpu));
-                (s, Vec::<f32>::try_from(t.reshape([-1])).unwrap())
+            .enumerate()
+            .map(|(j, s)| {
+                let n: i64 = s.iter().product();
+                let v = (0..n)
+                    .map(|i| ((i as f32 + 1.0) * 0.7 + j as f32 * 1.3).sin())
+                    .collect();
+                (s, v)
             })
             .collect();
         let opts = ReplicaOptions {
