@@ -50,7 +50,66 @@ fn measure(device: Device, kind: Kind) -> f64 {
     2.0 * (n as f64).powi(3) / best.max(1e-9)
 }
 
-/// Model FLOPs utilisation of a training step rate: 6·N FLOPs per token (forward + backward).
+/// Parameters that cost 6 FLOPs per token in a training step (a multiply-add forward, two
+/// backward): all but lookup-only embedding tables. Position and token-type tables are always
+/// lookups; the word table is one too unless an output layer multiplies by it
+/// (`word_table_is_output`: a tied LM or masked-LM decoder).
+pub fn matmul_parameters(params: &[(String, Tensor)], word_table_is_output: bool) -> usize {
+    const LOOKUPS: [&str; 4] = [
+        "wpe.weight",
+        "position_embeddings.weight",
+        "token_type_embeddings.weight",
+        "top_query_embedding.weight",
+    ];
+    const WORD_TABLES: [&str; 3] = [
+        "wte.weight",
+        "embed_tokens.weight",
+        "word_embeddings.weight",
+    ];
+    params
+        .iter()
+        .filter(|(n, _)| {
+            !LOOKUPS.iter().any(|s| n.ends_with(s))
+                && (word_table_is_output || !WORD_TABLES.iter().any(|s| n.ends_with(s)))
+        })
+        .map(|(_, t)| t.numel())
+        .sum()
+}
+
+/// Model FLOPs utilisation of a training step rate: 6·N FLOPs per token (forward + backward),
+/// N from [`matmul_parameters`].
 pub fn mfu(parameters: usize, tokens_per_s: f64, peak_flops: f64) -> f64 {
     6.0 * parameters as f64 * tokens_per_s / peak_flops.max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_tables_do_not_count_as_matmul_work() {
+        let t = |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu));
+        let params = vec![
+            (
+                "bert.embeddings.word_embeddings.weight".to_string(),
+                t(1000),
+            ),
+            (
+                "bert.embeddings.position_embeddings.weight".to_string(),
+                t(100),
+            ),
+            (
+                "bert.embeddings.token_type_embeddings.weight".to_string(),
+                t(10),
+            ),
+            (
+                "bert.encoder.layer.0.attention.self.query.weight".to_string(),
+                t(64),
+            ),
+            ("classifier.weight".to_string(), t(2)),
+        ];
+        // A classifier looks its word table up; a tied masked-LM decoder multiplies by it.
+        assert_eq!(matmul_parameters(&params, false), 66);
+        assert_eq!(matmul_parameters(&params, true), 1066);
+    }
 }

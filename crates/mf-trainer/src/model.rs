@@ -75,6 +75,21 @@ impl TrainModel {
         }
     }
 
+    /// Parameters doing matmul work per token (for MFU): without lookup-only embedding
+    /// tables; the word table counts when a tied output layer (LM head, masked-LM decoder)
+    /// multiplies by it.
+    pub fn matmul_parameters(&self) -> usize {
+        let params = self.parameters();
+        let untied_output = params
+            .iter()
+            .any(|(n, _)| n == "lm_head.weight" || n.ends_with("decoder.weight"));
+        let output_head = match self {
+            TrainModel::Causal(_) => true,
+            TrainModel::Head(m) => m.task() == mf_models::Task::MaskedLM,
+        };
+        crate::flops::matmul_parameters(&params, output_head && !untied_output)
+    }
+
     /// Copies a checkpoint's tensors into the model.
     pub fn load_weights(&self, ckpt: &SafeTensors) -> Result<()> {
         match self {

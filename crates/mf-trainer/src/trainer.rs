@@ -975,6 +975,7 @@ impl Trainer {
             .map_or(Kind::Float, |(_, t)| t.kind());
         let peak = crate::flops::matmul_peak_flops(self.model.device(), compute_kind);
         let n_params = self.model.num_parameters();
+        let matmul_params = self.model.matmul_parameters();
         let begin = TrainBegin {
             args,
             total_steps: total,
@@ -1140,7 +1141,7 @@ impl Trainer {
                     step_time_s: secs / window_steps as f64,
                     tokens_per_s,
                     samples_per_s: window_samples as f64 / secs,
-                    mfu: crate::flops::mfu(n_params, tokens_per_s, peak),
+                    mfu: crate::flops::mfu(matmul_params, tokens_per_s, peak),
                     loss_scale: state.loss_scaler.as_ref().map(|s| s.scale),
                 };
                 let line = serde_json::to_value(&rec).map_err(|e| invalid(e.to_string()))?;
