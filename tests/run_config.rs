@@ -393,6 +393,36 @@ fn mf_bert(config: &str, out: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `--run-mode eval` of `checkpoint`: the metrics it prints.
+fn bert_eval(config: &str, out: &Path, checkpoint: &str) -> serde_json::Value {
+    let eval = success(
+        mf_bert(
+            config,
+            out,
+            &["--run-mode", "eval", "--load-checkpoint", checkpoint],
+        )
+        .output()
+        .unwrap(),
+    );
+    serde_json::from_str(eval.trim()).unwrap()
+}
+
+/// `--run-mode predict` of `checkpoint` on `inputs`: the output, and one JSON value per input.
+fn bert_predict(
+    config: &str,
+    out: &Path,
+    checkpoint: &str,
+    inputs: &[&str],
+) -> (String, Vec<serde_json::Value>) {
+    let mut args = vec!["--run-mode", "predict", "--load-checkpoint", checkpoint];
+    for i in inputs {
+        args.extend(["--predict-data", i]);
+    }
+    let pred = success(mf_bert(config, out, &args).output().unwrap());
+    let values = json_lines(&pred);
+    (pred, values)
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
@@ -414,33 +444,18 @@ fn bert_text_classification_config_trains_evaluates_and_predicts() {
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["id2label"]["0"], "negative", "{config}");
     assert_eq!(config["id2label"]["1"], "positive", "{config}");
-    let eval = success(
-        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
-            .output()
-            .unwrap(),
-    );
-    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    let v = bert_eval(cfg, &out, c);
     println!("{v}");
     assert!(v["accuracy"].as_f64().unwrap() >= 0.95, "{v}");
-    let pred = success(
-        mf_bert(
-            cfg,
-            &out,
-            &[
-                "--run-mode",
-                "predict",
-                "--load-checkpoint",
-                c,
-                "--predict-data",
-                "the song was really awful , anna said",
-                "--predict-data",
-                "the book was really wonderful , tom said",
-            ],
-        )
-        .output()
-        .unwrap(),
+    let (pred, p) = bert_predict(
+        cfg,
+        &out,
+        c,
+        &[
+            "the song was really awful , anna said",
+            "the book was really wonderful , tom said",
+        ],
     );
-    let p = json_lines(&pred);
     assert_eq!(p.len(), 2, "{pred}");
     assert_eq!(p[0][0]["label"], "negative", "{pred}");
     assert_eq!(p[1][0]["label"], "positive", "{pred}");
@@ -456,31 +471,10 @@ fn bert_token_classification_and_qa_configs_reach_their_metrics() {
     assert!(stdout.contains("train: 100 steps done"), "{stdout}");
     let c = out.join("checkpoint/step_100");
     let c = c.to_str().unwrap();
-    let eval = success(
-        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
-            .output()
-            .unwrap(),
-    );
-    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    let v = bert_eval(cfg, &out, c);
     println!("{v}");
     assert!(v["f1"].as_f64().unwrap() >= 0.9, "{v}");
-    let pred = success(
-        mf_bert(
-            cfg,
-            &out,
-            &[
-                "--run-mode",
-                "predict",
-                "--load-checkpoint",
-                c,
-                "--predict-data",
-                "mary works for apple in tokyo",
-            ],
-        )
-        .output()
-        .unwrap(),
-    );
-    let p = json_lines(&pred);
+    let (pred, p) = bert_predict(cfg, &out, c, &["mary works for apple in tokyo"]);
     let entities: Vec<(String, String)> = p[0]
         .as_array()
         .unwrap()
@@ -504,31 +498,17 @@ fn bert_token_classification_and_qa_configs_reach_their_metrics() {
     assert!(stdout.contains("train: 200 steps done"), "{stdout}");
     let c = out.join("checkpoint/step_200");
     let c = c.to_str().unwrap();
-    let eval = success(
-        mf_bert(cfg, &out, &["--run-mode", "eval", "--load-checkpoint", c])
-            .output()
-            .unwrap(),
-    );
-    let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    let v = bert_eval(cfg, &out, c);
     println!("{v}");
     assert!(v["exact_match"].as_f64().unwrap() >= 0.8, "{v}");
-    let pred = success(
-        mf_bert(
-            cfg,
-            &out,
-            &[
-                "--run-mode",
-                "predict",
-                "--load-checkpoint",
-                c,
-                "--predict-data",
-                r#"{"question": "which company does anna work for ?", "context": "in rome , anna works for google ."}"#,
-            ],
-        )
-        .output()
-        .unwrap(),
+    let (pred, p) = bert_predict(
+        cfg,
+        &out,
+        c,
+        &[
+            r#"{"question": "which company does anna work for ?", "context": "in rome , anna works for google ."}"#,
+        ],
     );
-    let p = json_lines(&pred);
     // MindFormers' question-answering output names the answer `text`.
     assert_eq!(p[0]["text"], "google", "{pred}");
 }

@@ -11,6 +11,7 @@ use mf_models::{AutoConfig, AutoModel, CausalLM, GenerationOverrides, ModelConfi
 use mf_pipeline::{CallOptions, PipelineInput};
 use mf_tokenizers::{AutoTokenizer, Tokenizer};
 
+use crate::args::TrainingArguments;
 use crate::run_config::{DatasetSection, RunConfig};
 use crate::tasks::TrainTask;
 use crate::trainer::{DatasetArg, TrainOutput, Trainer};
@@ -66,19 +67,15 @@ pub fn build_model(cfg: &RunConfig) -> Result<Box<dyn CausalLM>> {
     Ok(model)
 }
 
-/// The task model the config describes, with `labels` (from the training data) as its
-/// classes when given, randomly initialised from `seed`, on the context's device.
+/// The task model of `config` (the run config's model with its classes settled), randomly
+/// initialised from `seed`, on the context's device.
 pub fn build_task_model(
     cfg: &RunConfig,
     task: TrainTask,
-    labels: Option<&[String]>,
+    config: &ModelConfig,
 ) -> Result<Box<dyn TaskModel>> {
-    let mut config = model_config(cfg)?;
-    if let Some(l) = labels {
-        config.set_labels(l)?;
-    }
     tch::manual_seed(cfg.seed as i64);
-    let mut model = AutoModel::from_config_task(&config, task.head())?;
+    let mut model = AutoModel::from_config_task(config, task.head())?;
     model.to(cfg.context.device()?, DType::F32)?;
     Ok(model)
 }
@@ -344,7 +341,7 @@ pub fn run_with(
     }
     let task = cfg.trainer.task()?;
     if task != TrainTask::TextGeneration {
-        return run_head(cfg, task, tokenizer, predict_data, out);
+        return run_head(cfg, task, args, tokenizer, predict_data, out);
     }
     let model = build_model(cfg)?;
     let mut train = None;
@@ -466,6 +463,7 @@ fn report_eval(trainer: &mut Trainer, out: &mut dyn Write) -> Result<()> {
 fn run_head(
     cfg: &RunConfig,
     task: TrainTask,
+    args: TrainingArguments,
     tokenizer: Tokenizer,
     predict_data: &[String],
     out: &mut dyn Write,
@@ -476,9 +474,10 @@ fn run_head(
             task.name()
         )));
     }
-    let args = cfg.training_arguments()?;
     let mode = cfg.run_mode.as_str();
     let device = cfg.context.device()?;
+    let trained =
+        || mf_models::auto::load_task_model(weights_source(cfg), task.head(), device, DType::F32);
     let eval_data = |tok: &Tokenizer, labels: Option<&[String]>, max: Option<usize>| {
         cfg.eval_dataset
             .as_ref()
@@ -506,7 +505,7 @@ fn run_head(
                 config.set_labels(l)?;
             }
             let eval = eval_data(&tokenizer, labels.as_deref(), max)?;
-            let model = build_task_model(cfg, task, labels.as_deref())?;
+            let model = build_task_model(cfg, task, &config)?;
             let mut trainer = Trainer::new(task.name(), model, args.clone())?
                 .tokenizer(tokenizer)
                 .train_dataset(train)?;
@@ -519,12 +518,7 @@ fn run_head(
             report_train(mode, &result, &args.output_dir, out)
         }
         "eval" => {
-            let model = mf_models::auto::load_task_model(
-                weights_source(cfg),
-                task.head(),
-                device,
-                DType::F32,
-            )?;
+            let model = trained()?;
             let labels = has_labels(task).then(|| model.id2label());
             let eval = eval_data(&tokenizer, labels.as_deref(), Some(model.max_positions()))?
                 .ok_or_else(|| invalid("run_mode eval needs an [eval_dataset] section"))?;
@@ -544,12 +538,7 @@ fn run_head(
                 .iter()
                 .map(|s| predict_input(task, s))
                 .collect::<Result<Vec<_>>>()?;
-            let model = mf_models::auto::load_task_model(
-                weights_source(cfg),
-                task.head(),
-                device,
-                DType::F32,
-            )?;
+            let model = trained()?;
             let pipe = mf_pipeline::pipeline(task.name())
                 .model(model)
                 .tokenizer(tokenizer)
