@@ -22,7 +22,7 @@ fn u32s(v: &Value) -> Vec<u32> {
 }
 
 fn vocab() -> std::path::PathBuf {
-    fixtures().join("../../assets/bert-base-uncased/vocab.txt")
+    fixtures().join("../../crates/mf-tokenizers/assets/bert-base-uncased/vocab.txt")
 }
 
 fn check_case(tok: &Tokenizer, case: &Value, what: &str) {

@@ -6,7 +6,7 @@ float32 with eager attention, so re-running rewrites identical files.
 
 Writes (all under tests/fixtures/):
 
-    bert_tiny_vocab.txt            ~600-token WordPiece vocab cut from assets/bert-base-uncased/vocab.txt
+    bert_tiny_vocab.txt            ~600-token WordPiece vocab cut from crates/mf-tokenizers/assets/bert-base-uncased/vocab.txt
     bert_tiny_{base,mlm,seqcls,seqcls_multilabel,tokcls,qa}/
         config.json, model.safetensors       model.save_pretrained (HF names)
         vocab.txt, tokenizer.json, tokenizer_config.json   tokenizer (small vocab, uncased)
@@ -64,7 +64,7 @@ from transformers import (
 SEED = 0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests/fixtures"
-REAL_VOCAB = REPO_ROOT / "assets/bert-base-uncased/vocab.txt"
+REAL_VOCAB = REPO_ROOT / "crates/mf-tokenizers/assets/bert-base-uncased/vocab.txt"
 SMALL_VOCAB = FIXTURES / "bert_tiny_vocab.txt"
 TF4_DIR = REPO_ROOT / ".venv-tf4"
 MODEL_MAX_LENGTH = 64  # = max_position_embeddings of the tiny BERTs
@@ -619,7 +619,7 @@ def tokenizer_parity() -> dict:
         "description": "BertTokenizer (transformers tokenizers backend) on the real bert-base-uncased vocab; "
         "every case cross-checked against the pure-Python BertTokenizerLegacy. offsets are character "
         "(Unicode code point) offsets into text, [0, 0] for special tokens.",
-        "vocab": "assets/bert-base-uncased/vocab.txt",
+        "vocab": "crates/mf-tokenizers/assets/bert-base-uncased/vocab.txt",
         "transformers_version": transformers.__version__,
         "tokenizers_version": tokenizers.__version__,
         "uncased": cases(True, PARITY_TEXTS),

@@ -2,7 +2,7 @@
 """Reference GPT-2 BPE encodings for the Rust tokenizer tests.
 
 Builds a tiktoken `Encoding` fully offline from the repo's
-`assets/gpt2/vocab.json` (no `tiktoken.get_encoding`, which downloads), encodes
+`crates/mf-tokenizers/assets/gpt2/vocab.json` (no `tiktoken.get_encoding`, which downloads), encodes
 a set of deliberately awkward texts, and writes a JSON list of
 `{"text": ..., "ids": [...]}`.
 
@@ -33,7 +33,7 @@ import tiktoken
 from transformers import GPT2Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ASSETS = REPO_ROOT / "assets" / "gpt2"
+ASSETS = REPO_ROOT / "crates" / "mf-tokenizers" / "assets" / "gpt2"
 
 # GPT-2's pre-tokenisation regex (tiktoken spelling; equivalent to the
 # original `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|...`).

@@ -15,8 +15,8 @@ use tokenizers::NormalizerWrapper;
 
 use crate::tokenizer::Tokenizer;
 
-/// The bundled bert-base-uncased vocabulary (see `assets/bert-base-uncased/NOTICE.md`).
-const UNCASED_VOCAB: &str = include_str!("../../../assets/bert-base-uncased/vocab.txt");
+/// The bundled bert-base-uncased vocabulary (see `crates/mf-tokenizers/assets/bert-base-uncased/NOTICE.md`).
+const UNCASED_VOCAB: &str = include_str!("../assets/bert-base-uncased/vocab.txt");
 
 /// Preset names whose tokenizer is the bundled bert-base-uncased vocabulary.
 pub const BERT_UNCASED_NAMES: &[&str] = &[

@@ -9,10 +9,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use crate::tokenizer::Tokenizer;
 
-/// The bundled GPT-2 vocabulary (see `assets/gpt2/NOTICE.md`).
-const VOCAB_JSON: &str = include_str!("../../../assets/gpt2/vocab.json");
+/// The bundled GPT-2 vocabulary (see `crates/mf-tokenizers/assets/gpt2/NOTICE.md`).
+const VOCAB_JSON: &str = include_str!("../assets/gpt2/vocab.json");
 /// The bundled GPT-2 merges.
-const MERGES_TXT: &str = include_str!("../../../assets/gpt2/merges.txt");
+const MERGES_TXT: &str = include_str!("../assets/gpt2/merges.txt");
 
 /// GPT-2's one special token: bos, eos, unk and (in MindFormers) pad.
 pub const ENDOFTEXT: &str = "<|endoftext|>";

@@ -5,7 +5,7 @@ use mf_core::{invalid, MfError, Result};
 use plotters::prelude::*;
 
 /// The font is bundled so the plot renders on machines without system fonts.
-static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 
 fn register_font() -> Result<()> {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
