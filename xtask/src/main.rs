@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench | reference`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | codegen`.
 //!
 //! Setup installs libtorch from the PyPI `torch` wheel into `.venv` and links it at
 //! `.libtorch`, which `.cargo/config.toml` points `LIBTORCH` at; every later cargo command then
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod packaging;
 
 const TORCH_VERSION: &str = "2.13.0";
 
@@ -274,8 +276,9 @@ fn test(args: &[String]) -> Result<()> {
     // Plain `cargo test` builds the examples as ordinary binaries, which tests/examples.rs runs
     // (with --all-targets they would be test harnesses instead).
     run(&mut cmd)?;
-    // The NCCL communicator is behind a feature (CPU builds need no CUDA); keep it compiling.
-    run(cargo().args(["check", "-p", "mf-core", "--features", "nccl"]))?;
+    // The crates as another project uses them: each optional feature set compiles, every
+    // crate packages with what it embeds, and two projects outside the workspace build and run.
+    packaging::crates(None)?;
     // The HF round trip: the Rust test suite saved a model with save_pretrained; transformers
     // must load it and reproduce the logits the Rust model computed.
     let saved = root().join("target/tmp/hf_roundtrip");
@@ -920,6 +923,7 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("crates") => packaging::crates(args.get(1).map(String::as_str)),
         Some("reference") => {
             setup(true)?;
             for script in ["make_gpt2_fixtures.py", "make_tokenizer_fixtures.py"] {
@@ -931,7 +935,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  crates [features|package|external]  the crates as other projects use them: feature sets, cargo package, examples/external/\n  reference            regenerate the reference fixtures with transformers"
             );
             bail!("unknown or missing command")
         }

@@ -11,11 +11,9 @@ use safetensors::tensor::{Dtype, TensorInfo};
 use tch::{Kind, Tensor};
 
 use crate::error::{MfError, Result};
+pub use crate::file::write_atomic;
 
-/// The single-file weight name Hugging Face uses.
-pub const WEIGHTS_NAME: &str = "model.safetensors";
-/// The index file of a sharded Hugging Face checkpoint.
-pub const WEIGHTS_INDEX_NAME: &str = "model.safetensors.index.json";
+pub use crate::hub::{WEIGHTS_INDEX_NAME, WEIGHTS_NAME};
 
 struct Shard {
     path: PathBuf,
@@ -435,23 +433,6 @@ pub fn save_safetensors(
         }
         Ok(())
     })
-}
-
-/// Runs `write` on a temp path beside `path`, then renames it into place.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| MfError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let res = write(&tmp);
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return res;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| MfError::io(path, e))
 }
 
 #[cfg(test)]

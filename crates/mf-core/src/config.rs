@@ -23,7 +23,7 @@ pub fn write_json<T: serde::Serialize>(path: impl AsRef<Path>, value: &T) -> Res
     let path = path.as_ref();
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| MfError::config(path.display(), e.to_string()))?;
-    crate::checkpoint::write_atomic(path, |tmp| {
+    crate::file::write_atomic(path, |tmp| {
         std::fs::write(tmp, text + "\n").map_err(|e| MfError::io(tmp, e))
     })
 }

@@ -1,8 +1,10 @@
 //! The one error type shared by every library crate.
 use std::path::PathBuf;
 
-/// Every failure a library call can report; messages name the problem and the fix.
+/// Every failure a library call can report; messages name the problem and the fix. Not
+/// exhaustive: the libtorch variant exists only with the `tch` feature.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MfError {
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
@@ -60,6 +62,7 @@ pub enum MfError {
     #[error("launch: {0}")]
     Launch(String),
     /// An error reported by libtorch.
+    #[cfg(feature = "tch")]
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// A value could not be turned into (or read from) JSON.
@@ -170,7 +173,7 @@ thread_local! {
     static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tch"))]
 mod tests {
     use super::*;
 

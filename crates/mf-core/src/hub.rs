@@ -2,8 +2,12 @@
 //! hub cache (`HF_HOME`), or a download from the hub into that cache.
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{WEIGHTS_INDEX_NAME, WEIGHTS_NAME};
 use crate::error::{MfError, Result};
+
+/// The single-file weight name Hugging Face uses.
+pub const WEIGHTS_NAME: &str = "model.safetensors";
+/// The index file of a sharded Hugging Face checkpoint.
+pub const WEIGHTS_INDEX_NAME: &str = "model.safetensors.index.json";
 
 /// The model file locations in effect.
 #[derive(Debug, Clone)]
@@ -109,7 +113,19 @@ impl ModelHub {
             .then_some(dir)
     }
 
+    /// Downloads `config.json` and the safetensors weights of `repo` into the HF cache
+    /// (the `download` feature; without it, an error saying where to put the files instead).
+    #[cfg(not(feature = "download"))]
+    pub fn download(&self, _repo: &str) -> Result<PathBuf> {
+        Err(MfError::NotFound(
+            "this build cannot download: mf-core's `download` feature is off (the `mindformers` \
+             crate turns it on by default)"
+                .into(),
+        ))
+    }
+
     /// Downloads `config.json` and the safetensors weights of `repo` into the HF cache.
+    #[cfg(feature = "download")]
     pub fn download(&self, repo: &str) -> Result<PathBuf> {
         let api =
             hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(self.hf_cache.clone()))
@@ -248,6 +264,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "download")]
     /// A loopback stand-in for the hub's `/{repo}/resolve/{rev}/{file}` endpoint, speaking the
     /// protocol hf-hub uses (a `Range: bytes=0-0` probe for etag/commit/size, then the body).
     fn serve(
@@ -307,6 +324,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "download")]
     fn downloads_into_the_hf_cache_then_reads_it_offline() {
         let root = tempfile::tempdir().unwrap();
         let index =
@@ -348,6 +366,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "download")]
     fn failed_download_says_what_and_where() {
         let root = tempfile::tempdir().unwrap();
         let (endpoint, server) = serve(Vec::new(), 1);
@@ -366,5 +385,21 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("config.json"), "{err}");
+    }
+
+    #[test]
+    #[cfg(not(feature = "download"))]
+    fn without_the_download_feature_the_error_names_it() {
+        let root = tempfile::tempdir().unwrap();
+        let hub = ModelHub {
+            offline: false,
+            ..hub(root.path())
+        };
+        let err = hub
+            .model_dir("tiny", Some("org/tiny"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`download` feature"), "{err}");
+        assert!(err.contains("MF_HOME") || err.contains("tiny"), "{err}");
     }
 }

@@ -50,7 +50,8 @@ impl Column {
         }
     }
 
-    fn kind_name(&self) -> &'static str {
+    #[cfg(feature = "tch")]
+    pub(crate) fn kind_name(&self) -> &'static str {
         match self {
             Column::Int(_) => "int",
             Column::Float(_) => "float",
@@ -84,46 +85,3 @@ impl From<Vec<f32>> for Column {
 
 /// One sample: its columns in the dataset's column order.
 pub type Record = Vec<Column>;
-
-/// Stacks the same column of several records into a `[rows, len]` tensor.
-pub fn stack(rows: &[&Column], name: &str, first_index: usize) -> Result<tch::Tensor> {
-    let len = rows.first().map_or(0, |c| c.len());
-    for (i, c) in rows.iter().enumerate() {
-        if c.len() != len {
-            return Err(invalid(format!(
-                "column '{name}': record {} has {} elements but record {first_index} has {len}; \
-                 records batched together must have equal lengths",
-                first_index + i,
-                c.len()
-            )));
-        }
-        if c.kind_name() != rows[0].kind_name() {
-            return Err(invalid(format!(
-                "column '{name}' mixes int and float records"
-            )));
-        }
-    }
-    let shape = [rows.len() as i64, len as i64];
-    Ok(match rows.first() {
-        Some(Column::Float(_)) => {
-            let flat: Vec<f32> = rows
-                .iter()
-                .flat_map(|c| match c {
-                    Column::Float(v) => v.clone(),
-                    Column::Int(_) => Vec::new(),
-                })
-                .collect();
-            tch::Tensor::from_slice(&flat).reshape(shape)
-        }
-        _ => {
-            let flat: Vec<i64> = rows
-                .iter()
-                .flat_map(|c| match c {
-                    Column::Int(v) => v.clone(),
-                    Column::Float(_) => Vec::new(),
-                })
-                .collect();
-            tch::Tensor::from_slice(&flat).reshape(shape)
-        }
-    })
-}

@@ -6,8 +6,10 @@ use mf_core::{invalid, Result};
 use mf_tokenizers::{EncodeOptions, Tokenizer};
 use serde_json::Value;
 
+#[cfg(feature = "tch")]
+use crate::batch::BatchedDataset;
 use crate::column::Column;
-use crate::dataset::{BatchedDataset, Dataset};
+use crate::dataset::Dataset;
 use crate::table::{column, list, Row};
 
 /// The label id every loss ignores.
@@ -41,6 +43,7 @@ pub struct QaWindows {
 
 impl TaskData {
     /// Batches the records, padding each batch to its longest row.
+    #[cfg(feature = "tch")]
     pub fn batch(&self, batch_size: usize, drop_remainder: bool) -> Result<BatchedDataset> {
         self.dataset
             .clone()

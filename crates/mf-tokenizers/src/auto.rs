@@ -4,6 +4,7 @@ use std::path::Path;
 use mf_core::{MfError, Result};
 
 use crate::gpt2::GPT2Tokenizer;
+#[cfg(feature = "tch")]
 use crate::processor::GPT2Processor;
 use crate::tokenizer::Tokenizer;
 
@@ -80,8 +81,10 @@ impl AutoTokenizer {
 }
 
 /// Picks the processor class from a preset name or a directory.
+#[cfg(feature = "tch")]
 pub struct AutoProcessor;
 
+#[cfg(feature = "tch")]
 impl AutoProcessor {
     /// `AutoProcessor::from_pretrained("gpt2")`: the text processor with the preset's tokenizer.
     pub fn from_pretrained(name_or_dir: &str) -> Result<GPT2Processor> {

@@ -59,22 +59,26 @@ impl BatchEncoding {
     }
 
     /// Ids as an int64 tensor `[batch, len]`; rows must have equal length (pad first).
+    #[cfg(feature = "tch")]
     pub fn input_ids_tensor(&self) -> mf_core::Result<tch::Tensor> {
         rows_to_tensor(&self.input_ids, "input_ids")
     }
 
     /// The attention mask as an int64 tensor `[batch, len]`.
+    #[cfg(feature = "tch")]
     pub fn attention_mask_tensor(&self) -> mf_core::Result<tch::Tensor> {
         rows_to_tensor(&self.attention_mask, "attention_mask")
     }
 
     /// The segment ids as an int64 tensor `[batch, len]`.
+    #[cfg(feature = "tch")]
     pub fn token_type_ids_tensor(&self) -> mf_core::Result<tch::Tensor> {
         rows_to_tensor(&self.token_type_ids, "token_type_ids")
     }
 }
 
 /// Stacks equal-length rows into an int64 tensor.
+#[cfg(feature = "tch")]
 pub fn rows_to_tensor(rows: &[Vec<u32>], what: &str) -> mf_core::Result<tch::Tensor> {
     let width = rows.first().map_or(0, |r| r.len());
     if rows.iter().any(|r| r.len() != width) {

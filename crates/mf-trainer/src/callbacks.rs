@@ -136,10 +136,11 @@ pub trait Callback {
 }
 
 /// MindFormers' `MFLossMonitor`: one line per logged step. On a terminal it also draws a
-/// progress bar with ETA on stderr and prints the lines above it; in logs and pipes, plain
-/// lines only.
+/// progress bar with ETA on stderr and prints the lines above it (the `progress` feature); in
+/// logs and pipes, plain lines only.
 #[derive(Default)]
 pub struct LossMonitor {
+    #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -147,6 +148,16 @@ impl LossMonitor {
     /// A loss monitor (the trainer installs one by default).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Prints a line above the progress bar, or plainly when there is none.
+    fn print(&self, line: String) {
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.println(line);
+            return;
+        }
+        println!("{line}");
     }
 }
 
@@ -183,6 +194,7 @@ impl Callback for LossMonitor {
             100.0 * b.trainable_parameters as f64 / b.total_parameters.max(1) as f64,
             b.optimizer_state_bytes as f64 / (1024.0 * 1024.0)
         );
+        #[cfg(feature = "progress")]
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let bar = indicatif::ProgressBar::new(b.total_steps as u64);
             if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -196,18 +208,15 @@ impl Callback for LossMonitor {
         }
         Ok(())
     }
-    fn on_step_end(&mut self, s: &StepInfo, _control: &mut TrainerControl) {
+    fn on_step_end(&mut self, _s: &StepInfo, _control: &mut TrainerControl) {
+        #[cfg(feature = "progress")]
         if let Some(bar) = &self.bar {
-            bar.set_position(s.step as u64);
-            bar.set_message(format!("loss {:.4}", s.loss));
+            bar.set_position(_s.step as u64);
+            bar.set_message(format!("loss {:.4}", _s.loss));
         }
     }
     fn on_log(&mut self, r: &LogRecord) {
-        let line = format_log(r);
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => println!("{line}"),
-        }
+        self.print(format_log(r));
     }
     fn on_evaluate(
         &mut self,
@@ -222,13 +231,11 @@ impl Callback for LossMonitor {
         for (k, v) in &m.metrics {
             line += &format!(" {k} {v:.4}");
         }
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => println!("{line}"),
-        }
+        self.print(line);
         Ok(())
     }
     fn on_train_end(&mut self, _global_step: usize) {
+        #[cfg(feature = "progress")]
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

@@ -1,12 +1,16 @@
 //! The loss / learning-rate curve PNG written at the end of training, from `metrics.jsonl`.
-use std::path::Path;
+//! Drawing is the `plot` feature (plotters); without it the curves are read but not drawn.
+use std::path::{Path, PathBuf};
 
 use mf_core::{invalid, MfError, Result};
+#[cfg(feature = "plot")]
 use plotters::prelude::*;
 
 /// The font is bundled so the plot renders on machines without system fonts.
+#[cfg(feature = "plot")]
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSansMono.ttf");
 
+#[cfg(feature = "plot")]
 fn register_font() -> Result<()> {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *DONE.get_or_init(|| {
@@ -56,6 +60,19 @@ impl Curves {
     }
 }
 
+/// Writes `loss_curve.png` into `out_dir` and returns its path; `None` when no training step
+/// was logged, or in a build without the `plot` feature.
+pub fn loss_curve(curves: &Curves, out_dir: &Path) -> Result<Option<PathBuf>> {
+    if curves.train.is_empty() || !cfg!(feature = "plot") {
+        return Ok(None);
+    }
+    let png = out_dir.join("loss_curve.png");
+    #[cfg(feature = "plot")]
+    write_png(curves, &png)?;
+    Ok(Some(png))
+}
+
+#[cfg(feature = "plot")]
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
@@ -70,6 +87,7 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// Draws loss (with evaluation loss, if any) over steps above the learning rate over steps.
+#[cfg(feature = "plot")]
 pub fn write_png(curves: &Curves, out: &Path) -> Result<()> {
     if curves.train.is_empty() {
         return Err(invalid("no logged training steps to plot"));
@@ -174,6 +192,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "plot")]
     fn reads_metrics_and_draws() {
         let dir = tempfile::tempdir().unwrap();
         let m = dir.path().join("metrics.jsonl");

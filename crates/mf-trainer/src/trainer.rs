@@ -1206,13 +1206,7 @@ impl Trainer {
         } else {
             Default::default()
         };
-        let plot = if curves.train.is_empty() {
-            None
-        } else {
-            let png = out_dir.join("loss_curve.png");
-            crate::plot::write_png(&curves, &png)?;
-            Some(png)
-        };
+        let plot = crate::plot::loss_curve(&curves, &out_dir)?;
         Ok(TrainOutput {
             global_step: state.global_step,
             step_losses,
