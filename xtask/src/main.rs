@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench | reference`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | reference | codegen`.
 //!
 //! Setup installs libtorch from the PyPI `torch` wheel into `.venv` and links it at
 //! `.libtorch`, which `.cargo/config.toml` points `LIBTORCH` at; every later cargo command then
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod codegen;
 
 const TORCH_VERSION: &str = "2.13.0";
 
@@ -265,6 +267,8 @@ fn test(args: &[String]) -> Result<()> {
     setup(true)?;
     // `--full` adds the slow matrices: every parallel layout up to 4 ranks (tests/parallel.rs).
     let full = args.iter().any(|a| a == "--full");
+    // Derived files first: a stale one fails in a second, before the long build.
+    codegen::check_for_test(&root(), full)?;
     let args: Vec<&String> = args.iter().filter(|a| *a != "--full").collect();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(args);
@@ -920,6 +924,7 @@ fn main() -> Result<()> {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("codegen") => codegen::main(&root(), &args[1..]),
         Some("reference") => {
             setup(true)?;
             for script in ["make_gpt2_fixtures.py", "make_tokenizer_fixtures.py"] {
@@ -931,7 +936,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  reference            regenerate the reference fixtures with transformers"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  reference            regenerate the reference fixtures with transformers\n  codegen [--check] [--fixtures]  regenerate (or check) the files derived from others"
             );
             bail!("unknown or missing command")
         }
