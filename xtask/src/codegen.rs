@@ -6,15 +6,22 @@
 //! | `crates/mf-models/src/presets.rs` (the `include_str!` table of every preset) | the files under `crates/mf-models/presets/<family>/` |
 //! | the preset table in `README.md` (between `<!-- codegen:presets -->` markers) | the same preset files (`model_type`, `task`, `description`, `hub_repo`; LoRA's `base_model`) |
 //! | the `id2label` line of `presets/bert/tokcls_bert_base_chinese_cluener.toml` | `tools/labels/cluener.txt` (the 10 CLUENER 2020 entity types) |
-//! | `tests/fixtures/` (only with `--fixtures`) | `tools/reference/*.py` run with `.venv/bin/python` |
+//! | `tests/fixtures/` | `tools/reference/*.py` run with `.venv/bin/python` (BERT's QA cases with `.venv-tf4`'s transformers 4.x) |
 //!
 //! ImageNet-1k's class list is not generated: no vision model exists yet, so nothing would read
 //! it; it gets a source file here when the first image classifier does.
 //!
-//! The fixtures are checked by regenerating them into a temporary directory and comparing:
-//! byte-equal, except `.json` (floats within [`REL_TOL`] relative) and `.safetensors` (same
-//! names, shapes and dtypes, `F32`/`F64` values within [`REL_TOL`]), because floats can differ
-//! in their last bits between CPUs.
+//! `codegen` rewrites the cheap files, `codegen --fixtures` the fixtures too. `codegen --check`
+//! writes nothing: it compares the cheap files, then (when `.venv` can run the generators, about
+//! 40 s on 2 cores) regenerates the fixtures into a temporary directory and compares them:
+//! byte-equal, except `.json` (same structure, integers exact, floats within tolerance) and
+//! `.safetensors` (same metadata, names, dtypes and shapes; `F32`/`F64` values within
+//! tolerance, the rest byte-equal). The tolerance is `|a - b| <= ATOL + RTOL * max(|a|, |b|)`
+//! with both 1e-4, not 1e-6 relative: regenerated on another CPU (same torch 2.13.0,
+//! transformers 5.24.0) the committed fixtures differ by up to 9.5e-6 absolute (PanGu-α logits
+//! near 18, and greedy margins that are differences of such logits) and 2.3% relative (a logit
+//! of 5e-5), as matmul kernels sum in another order. Integers (ids, generated tokens) are exact,
+//! and a real change to a generator moves values far beyond 1e-4.
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,9 +46,10 @@ const CLUENER_LABELS: &str = "tools/labels/cluener.txt";
 const CLUENER_PRESET: &str = "crates/mf-models/presets/bert/tokcls_bert_base_chinese_cluener.toml";
 /// The committed reference fixtures.
 const FIXTURES_DIR: &str = "tests/fixtures";
-/// Relative tolerance for regenerated floats (f32 rounding differs between CPUs in the last
-/// bits, about 1.2e-7 relative).
-pub const REL_TOL: f64 = 1e-6;
+/// Relative tolerance for regenerated floats (see the module doc for the measured spread).
+const RTOL: f64 = 1e-4;
+/// Absolute tolerance for regenerated floats, for values near zero and differences of logits.
+const ATOL: f64 = 1e-4;
 
 /// One fixture generator and how to point it at another output directory.
 struct Script {
@@ -122,7 +130,15 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     let derived = derive_all(root)?;
     if check {
         check_derived(root, &derived)?;
-        eprintln!("codegen: every derived file is up to date");
+        eprintln!("codegen: the preset tables and label lists are up to date");
+        return match reference_venv(root) {
+            Ok(()) => check_fixtures(root),
+            Err(why) if fixtures => bail!("cannot check the reference fixtures: {why}"),
+            Err(why) => {
+                eprintln!("codegen: reference fixtures NOT checked: {why}");
+                Ok(())
+            }
+        };
     } else {
         for d in &derived {
             let path = root.join(&d.path);
@@ -135,32 +151,20 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     if fixtures {
-        if check {
-            check_fixtures(root)?;
-        } else {
-            regenerate_fixtures(root)?;
-        }
-    } else if check {
-        eprintln!(
-            "codegen: reference fixtures not checked (they take minutes to regenerate; \
-             `cargo xtask codegen --check --fixtures` or `cargo xtask test --full` checks them)"
-        );
+        regenerate_fixtures(root)?;
     }
     Ok(())
 }
 
-/// The cheap check `cargo xtask test` runs first: every derived file except the fixtures.
-pub fn check(root: &Path) -> Result<()> {
+/// The cheap check: every derived file except the fixtures.
+fn check(root: &Path) -> Result<()> {
     check_derived(root, &derive_all(root)?)
 }
 
-/// What `cargo xtask test` checks: the cheap derived files, and with `--full` the fixtures.
-pub fn check_for_test(root: &Path, full: bool) -> Result<()> {
-    check(root)?;
-    if full {
-        check_fixtures(root)?;
-    }
-    Ok(())
+/// What `cargo xtask test` checks after set-up, when the reference venv exists: every derived
+/// file, the fixtures included.
+pub fn check_all(root: &Path) -> Result<()> {
+    main(root, &["--check".into()])
 }
 
 /// Fails naming every stale derived file and the fix.
@@ -593,12 +597,8 @@ fn regenerate_fixtures(root: &Path) -> Result<()> {
     run_scripts(root, None, skip_qa)
 }
 
-/// `codegen --check --fixtures`: regenerates into a temporary directory and compares.
+/// Regenerates the fixtures into a temporary directory and compares them with the committed.
 fn check_fixtures(root: &Path) -> Result<()> {
-    if let Err(why) = reference_venv(root) {
-        eprintln!("codegen: reference fixtures NOT checked: {why}");
-        return Ok(());
-    }
     let skip_qa = !has_tf4(root);
     let tmp = std::env::temp_dir().join(format!("mf-codegen-fixtures-{}", std::process::id()));
     if tmp.exists() {
@@ -700,12 +700,12 @@ fn compare_file(rel: &Path, new: &[u8], old: &[u8]) -> std::result::Result<(), S
     }
 }
 
-/// Whether two floats agree within [`REL_TOL`] relative.
+/// Whether two floats agree within [`ATOL`] + [`RTOL`] relative.
 fn close(a: f64, b: f64) -> bool {
-    a == b || (a - b).abs() <= REL_TOL * a.abs().max(b.abs())
+    a == b || (a - b).abs() <= ATOL + RTOL * a.abs().max(b.abs())
 }
 
-/// Structural JSON equality with floats within [`REL_TOL`]; the error names the JSON path.
+/// Structural JSON equality with floats within tolerance; the error names the JSON path.
 fn compare_json(
     new: &serde_json::Value,
     old: &serde_json::Value,
@@ -773,7 +773,8 @@ fn floats(dtype: safetensors::Dtype, data: &[u8]) -> Option<Vec<f64>> {
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
         ),
-        // 16-bit floats' last bit is already coarser than REL_TOL, and integers are exact.
+        // Integers must be exact. The fixtures hold only F32 and I64; a 16-bit float fixture
+        // would need a tolerance of its own (its last bit is coarser than RTOL).
         _ => None,
     }
 }
@@ -796,7 +797,7 @@ fn open_safetensors<'a>(
     Ok((meta, st))
 }
 
-/// Same metadata, tensor names, dtypes and shapes; values within [`REL_TOL`] (F32, F64) or
+/// Same metadata, tensor names, dtypes and shapes; values within tolerance (F32, F64) or
 /// byte-equal (every other dtype). The error names the tensor.
 fn compare_safetensors(new: &[u8], old: &[u8]) -> std::result::Result<(), String> {
     let (meta_new, a) = open_safetensors(new, "regenerated")?;
@@ -838,7 +839,7 @@ fn compare_safetensors(new: &[u8], old: &[u8]) -> std::result::Result<(), String
                     .find(|(_, (p, q))| !close(**p, **q))
                 {
                     return Err(format!(
-                        "tensor `{name}`: element {i} is {p} (regenerated) vs {q} (committed), beyond {REL_TOL} relative"
+                        "tensor `{name}`: element {i} is {p} (regenerated) vs {q} (committed), beyond {ATOL} + {RTOL} relative"
                     ));
                 }
             }
@@ -1004,7 +1005,7 @@ mod tests {
         let a: serde_json::Value =
             serde_json::from_str(r#"{"ids": [1, 2], "logits": [0.5, -3.25]}"#).unwrap();
         let near: serde_json::Value =
-            serde_json::from_str(r#"{"ids": [1, 2], "logits": [0.5000001, -3.2500002]}"#).unwrap();
+            serde_json::from_str(r#"{"ids": [1, 2], "logits": [0.50001, -3.2502]}"#).unwrap();
         let far: serde_json::Value =
             serde_json::from_str(r#"{"ids": [1, 2], "logits": [0.5, -3.26]}"#).unwrap();
         let int: serde_json::Value =
@@ -1039,17 +1040,18 @@ mod tests {
 
     #[test]
     fn safetensors_compare_within_tolerance_and_name_the_tensor() {
-        let base = tensors(&[1.0, -2.0, 3.0e-3], &[5, 7]);
-        let near = tensors(&[1.000_000_1, -2.0, 3.000_000_2e-3], &[5, 7]);
+        // Differences as large as those measured between CPUs: 1e-5 absolute, 2% of a tiny value.
+        let near = tensors(&[1.000_01, -2.000_1, 3.0e-6], &[5, 7]);
+        let base = tensors(&[1.0, -2.0, 3.06e-6], &[5, 7]);
         assert_ne!(base, near);
         assert_eq!(compare_safetensors(&near, &base), Ok(()));
-        let far = tensors(&[1.0, -2.01, 3.0e-3], &[5, 7]);
+        let far = tensors(&[1.0, -2.01, 3.06e-6], &[5, 7]);
         let err = compare_safetensors(&far, &base).unwrap_err();
         assert!(
             err.starts_with("tensor `logits`: element 1 is -2.0099"),
             "{err}"
         );
-        let ids = tensors(&[1.0, -2.0, 3.0e-3], &[5, 8]);
+        let ids = tensors(&[1.0, -2.0, 3.06e-6], &[5, 8]);
         let err = compare_safetensors(&ids, &base).unwrap_err();
         assert!(err.contains("`input_ids`"), "{err}");
         let shape = tensors(&[1.0, -2.0], &[5, 7]);
