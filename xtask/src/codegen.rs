@@ -156,11 +156,6 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The cheap check: every derived file except the fixtures.
-fn check(root: &Path) -> Result<()> {
-    check_derived(root, &derive_all(root)?)
-}
-
 /// What `cargo xtask test` checks after set-up, when the reference venv exists: every derived
 /// file, the fixtures included.
 pub fn check_all(root: &Path) -> Result<()> {
@@ -853,6 +848,11 @@ fn compare_safetensors(new: &[u8], old: &[u8]) -> std::result::Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cheap check: every derived file except the fixtures.
+    fn check(root: &Path) -> Result<()> {
+        check_derived(root, &derive_all(root)?)
+    }
 
     fn preset(family: &str, name: &str, text: &str) -> PresetInfo {
         parse_preset(family, name, text).unwrap()
