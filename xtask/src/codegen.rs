@@ -139,15 +139,14 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
                 Ok(())
             }
         };
-    } else {
-        for d in &derived {
-            let path = root.join(&d.path);
-            if std::fs::read_to_string(&path).ok().as_deref() == Some(d.text.as_str()) {
-                eprintln!("codegen: {} is up to date", d.path);
-            } else {
-                std::fs::write(&path, &d.text).with_context(|| format!("writing {}", d.path))?;
-                eprintln!("codegen: wrote {} (from {})", d.path, d.source);
-            }
+    }
+    for d in &derived {
+        let path = root.join(&d.path);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(d.text.as_str()) {
+            eprintln!("codegen: {} is up to date", d.path);
+        } else {
+            std::fs::write(&path, &d.text).with_context(|| format!("writing {}", d.path))?;
+            eprintln!("codegen: wrote {} (from {})", d.path, d.source);
         }
     }
     if fixtures {
