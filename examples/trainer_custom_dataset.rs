@@ -1,7 +1,7 @@
 //! Trainer with a custom GeneratorDataset, model and arguments (the seed's third Trainer snippet):
 //! `pangu_model = AutoModel.from_pretrained("pangualpha_2_6b")` trained on the seed's
 //! 1025-token samples. The weights come from `$MF_HOME/pangualpha_2_6b/` (MindFormers ships
-//! them as MindSpore checkpoints; see configs/pangualpha/pangualpha_2_6b.toml). A CPU cannot
+//! them as MindSpore checkpoints; see crates/mf-models/presets/pangualpha/pangualpha_2_6b.toml). A CPU cannot
 //! run 3 epochs of a 2.6B model, so `MF_EXAMPLE_MAX_STEPS` (default 4) caps the optimizer steps.
 use mindformers::{AutoModel, GeneratorDataset, Trainer, TrainingArguments};
 use rand::Rng;

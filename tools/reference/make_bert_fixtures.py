@@ -22,7 +22,7 @@ The question-answering pipeline cases of bert_tiny_qa come from transformers 4.x
 that pipeline): this script ends by running make_bert_qa_fixtures.py with
 PYTHONPATH=.venv-tf4 (skip with --skip-qa).
 
-Run:  .venv/bin/python tools/reference/make_bert_fixtures.py [--skip-qa]
+Run:  .venv/bin/python tools/reference/make_bert_fixtures.py [--skip-qa] [--out-root tests/fixtures]
 """
 
 from __future__ import annotations
@@ -730,9 +730,14 @@ def bert_dir(name, kind, model, tok, vocab, rows, labels_fn, extra_json_fn=None,
 
 
 def main() -> None:
+    global FIXTURES, SMALL_VOCAB
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-qa", action="store_true", help="do not run make_bert_qa_fixtures.py (transformers 4.x)")
+    ap.add_argument("--out-root", default=str(FIXTURES), help="write under this directory instead of tests/fixtures (cargo xtask codegen --check)")
     args = ap.parse_args()
+    FIXTURES = Path(args.out_root)
+    SMALL_VOCAB = FIXTURES / "bert_tiny_vocab.txt"
+    FIXTURES.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -904,7 +909,7 @@ def main() -> None:
         if not (TF4_DIR / "transformers").is_dir():
             fail(f"{TF4_DIR} missing: .venv/bin/pip install --target .venv-tf4 transformers==4.57.1 'huggingface-hub<1.0' 'tokenizers>=0.22,<=0.23.0' --no-deps (or pass --skip-qa)")
         env = dict(os.environ, PYTHONPATH=str(TF4_DIR))
-        subprocess.run([sys.executable, str(script)], env=env, check=True)
+        subprocess.run([sys.executable, str(script), "--out-root", str(FIXTURES)], env=env, check=True)
 
     # --- report --------------------------------------------------------------------------
     total = 0
@@ -913,7 +918,7 @@ def main() -> None:
         p = FIXTURES / n
         size = sum(f.stat().st_size for f in p.rglob("*")) if p.is_dir() else p.stat().st_size
         total += size
-        print(f"{size:>9}  {p.relative_to(REPO_ROOT)}")
+        print(f"{size:>9}  {p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p}")
     print(f"{total:>9}  total")
     if total > 3 * 1024 * 1024:
         fail("BERT fixtures exceed 3 MB")

@@ -7,7 +7,7 @@ shared):
 
     .venv/bin/pip install --target .venv-tf4 transformers==4.57.1 'huggingface-hub<1.0' \
         'tokenizers>=0.22,<=0.23.0' --no-deps
-    PYTHONPATH=.venv-tf4 .venv/bin/python tools/reference/make_bert_qa_fixtures.py
+    PYTHONPATH=.venv-tf4 .venv/bin/python tools/reference/make_bert_qa_fixtures.py [--out-root tests/fixtures]
 
 make_bert_fixtures.py runs this at its end.  It needs the checkpoint that script wrote, and
 replaces only the "pipeline" (and "pipeline_versions") keys of bert_tiny_qa/expected.json.
@@ -18,6 +18,7 @@ WARNINGs and listed in the report; they do not change any file).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -131,6 +132,12 @@ def cross_check_tokenizers() -> None:
 
 
 def main() -> None:
+    global FIXTURES, QA_DIR
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out-root", default=str(FIXTURES), help="the fixtures make_bert_fixtures.py wrote (default tests/fixtures)")
+    args = ap.parse_args()
+    FIXTURES = Path(args.out_root)
+    QA_DIR = FIXTURES / "bert_tiny_qa"
     if not transformers.__version__.startswith("4."):
         fail(f"needs transformers 4.x (PYTHONPATH=.venv-tf4), got {transformers.__version__}")
     torch.use_deterministic_algorithms(True)

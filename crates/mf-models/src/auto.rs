@@ -1,4 +1,4 @@
-//! The Auto registry: preset names (TOML files in `configs/`, compiled in) and Hugging Face
+//! The Auto registry: preset names (TOML files in `presets/`, compiled in) and Hugging Face
 //! directories resolve to a model family, its config and its weights.
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -423,7 +423,7 @@ pub struct Family {
     pub title: &'static str,
     /// `model_type` values of `config.json` / presets this family reads.
     pub model_types: &'static [&'static str],
-    /// The family's presets (name, TOML text), compiled in from `configs/`.
+    /// The family's presets (name, TOML text): its table in the generated `presets.rs`.
     pub presets: &'static [(&'static str, &'static str)],
     /// Parses a preset (its `[config]` table, HF or MindFormers key names) into a validated
     /// config; `origin` names it in errors.

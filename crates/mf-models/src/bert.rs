@@ -1090,36 +1090,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "bert",
     title: "BERT",
     model_types: MODEL_TYPES,
-    presets: &[
-        (
-            "bert_base_uncased",
-            include_str!("../../../configs/bert/bert_base_uncased.toml"),
-        ),
-        (
-            "bert_tiny_uncased",
-            include_str!("../../../configs/bert/bert_tiny_uncased.toml"),
-        ),
-        (
-            "txtcls_bert_base_uncased",
-            include_str!("../../../configs/bert/txtcls_bert_base_uncased.toml"),
-        ),
-        (
-            "txtcls_bert_base_uncased_mnli",
-            include_str!("../../../configs/bert/txtcls_bert_base_uncased_mnli.toml"),
-        ),
-        (
-            "tokcls_bert_base_chinese",
-            include_str!("../../../configs/bert/tokcls_bert_base_chinese.toml"),
-        ),
-        (
-            "tokcls_bert_base_chinese_cluener",
-            include_str!("../../../configs/bert/tokcls_bert_base_chinese_cluener.toml"),
-        ),
-        (
-            "qa_bert_base_uncased",
-            include_str!("../../../configs/bert/qa_bert_base_uncased.toml"),
-        ),
-    ],
+    presets: crate::presets::BERT,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &BertConfig| &c.extra)?;
         c.model_type = p.model_type.clone();

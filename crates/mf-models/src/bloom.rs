@@ -682,16 +682,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "bloom",
     title: "BLOOM",
     model_types: &["bloom"],
-    presets: &[
-        (
-            "bloom_560m",
-            include_str!("../../../configs/bloom/bloom_560m.toml"),
-        ),
-        (
-            "bloom_7.1b",
-            include_str!("../../../configs/bloom/bloom_7.1b.toml"),
-        ),
-    ],
+    presets: crate::presets::BLOOM,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &BloomConfig| &c.extra)?;
         c.hub_repo = p.hub_repo.clone();

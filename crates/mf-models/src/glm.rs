@@ -749,7 +749,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "glm",
     title: "GLM-4",
     model_types: &["glm"],
-    presets: &[("glm4_9b", include_str!("../../../configs/glm/glm4_9b.toml"))],
+    presets: crate::presets::GLM,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &GlmConfig| &c.extra)?;
         c.hub_repo = p.hub_repo.clone();

@@ -852,21 +852,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "gpt2",
     title: "GPT-2",
     model_types: &["gpt2"],
-    presets: &[
-        ("gpt2", include_str!("../../../configs/gpt2/gpt2.toml")),
-        (
-            "gpt2_xl",
-            include_str!("../../../configs/gpt2/gpt2_xl.toml"),
-        ),
-        (
-            "gpt2_13b",
-            include_str!("../../../configs/gpt2/gpt2_13b.toml"),
-        ),
-        (
-            "gpt2_52b",
-            include_str!("../../../configs/gpt2/gpt2_52b.toml"),
-        ),
-    ],
+    presets: crate::presets::GPT2,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &GPT2Config| &c.extra)?;
         c.hub_repo = p.hub_repo.clone();

@@ -1273,40 +1273,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "llama",
     title: "LLaMA",
     model_types: &["llama", "qwen2"],
-    presets: &[
-        (
-            "llama_7b",
-            include_str!("../../../configs/llama/llama_7b.toml"),
-        ),
-        (
-            "llama_13b",
-            include_str!("../../../configs/llama/llama_13b.toml"),
-        ),
-        (
-            "llama_65b",
-            include_str!("../../../configs/llama/llama_65b.toml"),
-        ),
-        (
-            "llama2_7b",
-            include_str!("../../../configs/llama/llama2_7b.toml"),
-        ),
-        (
-            "llama2_13b",
-            include_str!("../../../configs/llama/llama2_13b.toml"),
-        ),
-        (
-            "llama2_70b",
-            include_str!("../../../configs/llama/llama2_70b.toml"),
-        ),
-        (
-            "llama3_8b",
-            include_str!("../../../configs/llama/llama3_8b.toml"),
-        ),
-        (
-            "codellama_34b",
-            include_str!("../../../configs/llama/codellama_34b.toml"),
-        ),
-    ],
+    presets: crate::presets::LLAMA,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &LlamaConfig| &c.extra)?;
         c.model_type = p.model_type.clone();

@@ -181,20 +181,7 @@ impl LoraConfig {
 }
 
 /// Model names with LoRA settings (MindFormers' `gpt2_lora`, `llama_7b_lora`, ...).
-static PRESETS: &[(&str, &str)] = &[
-    (
-        "gpt2_lora",
-        include_str!("../../../configs/lora/gpt2_lora.toml"),
-    ),
-    (
-        "llama_7b_lora",
-        include_str!("../../../configs/lora/llama_7b_lora.toml"),
-    ),
-    (
-        "llama2_7b_lora",
-        include_str!("../../../configs/lora/llama2_7b_lora.toml"),
-    ),
-];
+static PRESETS: &[(&str, &str)] = crate::presets::LORA;
 
 /// A LoRA preset: the base model preset and the adapter settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

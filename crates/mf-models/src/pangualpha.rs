@@ -946,16 +946,7 @@ pub const FAMILY: crate::auto::Family = crate::auto::Family {
     name: "pangualpha",
     title: "PanGu-α",
     model_types: &["pangualpha"],
-    presets: &[
-        (
-            "pangualpha_2_6b",
-            include_str!("../../../configs/pangualpha/pangualpha_2_6b.toml"),
-        ),
-        (
-            "pangualpha_13b",
-            include_str!("../../../configs/pangualpha/pangualpha_13b.toml"),
-        ),
-    ],
+    presets: crate::presets::PANGUALPHA,
     parse_preset: |p, origin| {
         let mut c = crate::auto::preset_config(&p.config, origin, |c: &PanguAlphaConfig| &c.extra)?;
         c.hub_repo = p.hub_repo.clone();
