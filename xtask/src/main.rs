@@ -96,6 +96,28 @@ fn setup(reference: bool) -> Result<()> {
             ])
             .arg(root.join("tools/reference/requirements.txt")))?;
     }
+    // transformers 5.x has no question-answering pipeline: its fixtures come from 4.57.1,
+    // installed beside the venv (not into it) so each script picks its version by PYTHONPATH.
+    let tf4 = root.join(".venv-tf4");
+    if reference && !tf4.join("transformers").is_dir() {
+        run(Command::new(venv_python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-cache-dir",
+                "--no-deps",
+                "--target",
+            ])
+            .arg(&tf4)
+            .args([
+                "transformers==4.57.1",
+                "huggingface-hub<1.0",
+                "tokenizers>=0.22,<=0.23.0",
+            ]))?;
+    }
     // The torch wheel pulls in triton (0.7 GB), which only torch.compile on a GPU uses; nothing
     // here compiles, and CI's disk is small.
     if python_ok(
