@@ -280,6 +280,22 @@ pub fn features() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask crates [features|package|external]`: those checks (all three by default),
+/// without the test suite.
+pub fn crates(part: Option<&str>) -> Result<()> {
+    match part {
+        None => {
+            features()?;
+            package()?;
+            external_examples()
+        }
+        Some("features") => features(),
+        Some("package") => package(),
+        Some("external") => external_examples(),
+        Some(other) => bail!("cargo xtask crates {other}: expected features, package or external"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,21 +316,5 @@ mod tests {
         let t = tiny_word_tokenizer(3);
         assert_eq!(t["model"]["vocab"]["t2"], 2);
         assert_eq!(t["model"]["vocab"].as_object().unwrap().len(), 3);
-    }
-}
-
-/// `cargo xtask crates [features|package|external]`: those checks (all three by default),
-/// without the test suite.
-pub fn crates(part: Option<&str>) -> Result<()> {
-    match part {
-        None => {
-            features()?;
-            package()?;
-            external_examples()
-        }
-        Some("features") => features(),
-        Some("package") => package(),
-        Some("external") => external_examples(),
-        Some(other) => bail!("cargo xtask crates {other}: expected features, package or external"),
     }
 }

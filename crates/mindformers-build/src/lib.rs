@@ -8,10 +8,8 @@
 //! symbol) and CUDA silently disappears. One call in the program's `build.rs` adds both:
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     mindformers_build::link_libtorch();
-//! }
+//! // the body of build.rs's `fn main`
+//! mindformers_build::link_libtorch();
 //! ```
 //!
 //! The libtorch location is read the way `torch-sys` reads it: `LIBTORCH` (a directory with
