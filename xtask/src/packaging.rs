@@ -272,8 +272,29 @@ fn include_paths(text: &str) -> Vec<&str> {
     paths
 }
 
-/// `cargo check` of every feature set in [`FEATURE_CHECKS`].
+/// The crates (with their flags) whose job needs no tensors: libtorch must not be in their
+/// build graph.
+const WITHOUT_LIBTORCH: &[(&str, &[&str])] = &[
+    ("mf-tokenizers", &[]),
+    ("mf-data", &["--no-default-features"]),
+];
+
+/// `cargo check` of every feature set in [`FEATURE_CHECKS`], and no `torch-sys` under the
+/// crates of [`WITHOUT_LIBTORCH`].
 pub fn features() -> Result<()> {
+    for (krate, flags) in WITHOUT_LIBTORCH {
+        let tree = output(
+            cargo()
+                .args(["tree", "-e", "normal,build", "--prefix", "none", "-p", krate])
+                .args(*flags),
+        )?;
+        ensure!(
+            !tree.lines().any(|l| l.starts_with("torch-sys ")),
+            "`cargo tree -p {krate} {}` shows torch-sys: its job needs no tensors, so libtorch \
+             must stay behind its `tch` feature",
+            flags.join(" ")
+        );
+    }
     for (krate, flags) in FEATURE_CHECKS {
         run(cargo().args(["check", "--quiet", "-p", krate]).args(*flags))?;
     }
