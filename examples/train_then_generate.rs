@@ -1,7 +1,9 @@
 //! The demo: train a small GPT-2 from scratch on the shipped counting corpus with the Trainer,
 //! save a checkpoint, then generate from it with `pipeline("text_generation")`.
 //!
-//! `MF_DEMO_MAX_STEPS` (default 320) and `MF_DEMO_OUTPUT` (default `target/demo/train`) adjust it.
+//! `MF_DEMO_MAX_STEPS` (default 320), `MF_DEMO_SEED` (default 0) and `MF_DEMO_OUTPUT` (default
+//! `target/demo/train`) adjust it. It ends by saying whether the model's two answers go on
+//! counting.
 use std::path::{Path, PathBuf};
 
 use mindformers::data::packed_dataset;
@@ -17,6 +19,10 @@ fn main() -> mindformers::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(320);
+    let seed: u64 = std::env::var("MF_DEMO_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let output = std::env::var("MF_DEMO_OUTPUT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target/demo/train"));
@@ -28,7 +34,7 @@ fn main() -> mindformers::Result<()> {
     let dataset = packed_dataset(&[corpus.as_path()], &tok, seq_length)?;
     let (eval, train) = (dataset.clone().take(32), dataset.skip(32));
 
-    tch::manual_seed(0);
+    tch::manual_seed(seed as i64);
     let config = GPT2Config {
         seq_length,
         hidden_size: 64,
@@ -57,6 +63,7 @@ fn main() -> mindformers::Result<()> {
         logging_steps: 20,
         save_steps: steps,
         sink_mode: false,
+        seed,
         ..Default::default()
     };
     let mut trainer = Trainer::new("text_generation", Box::new(model), args)?
@@ -81,15 +88,27 @@ fn main() -> mindformers::Result<()> {
         max_new_tokens: Some(8),
         ..Default::default()
     };
-    for prompt in [
-        "An increasing sequence: one, two,",
-        "A decreasing sequence: ten, nine,",
+    let mut right = 0;
+    for (prompt, counting) in [
+        ("An increasing sequence: one, two,", INCREASING),
+        ("A decreasing sequence: ten, nine,", DECREASING),
     ] {
-        println!(
-            "{}",
-            format_outputs(&text_generation.call(prompt, &greedy)?)
-        );
+        let outputs = text_generation.call(prompt, &greedy)?;
+        println!("{}", format_outputs(&outputs));
+        let text = outputs
+            .first()
+            .and_then(|o| o.text_generation_text.first())
+            .map(String::as_str)
+            .unwrap_or_default();
+        let continuation = text.strip_prefix(prompt).unwrap_or(text);
+        if continues_counting(continuation, counting) {
+            right += 1;
+            println!("  right: it goes on counting");
+        } else {
+            println!("  wrong: the next words are{counting}...");
+        }
     }
+    println!("{right} of 2 answers right");
     println!(
         "checkpoint: {}\nmetrics:    {}",
         ckpt.display(),
@@ -99,4 +118,18 @@ fn main() -> mindformers::Result<()> {
         println!("plot:       {}", plot.display());
     }
     Ok(())
+}
+
+/// What follows "one, two," and "ten, nine," in the corpus.
+const INCREASING: &str = " three, four, five, six, seven, eight, nine, ten,";
+const DECREASING: &str = " eight, seven, six, five, four, three, two, one,";
+
+/// Whether the generated words go on counting: up to the first full stop (the corpus ends a
+/// sequence anywhere), they are the next numbers in order, ending at a word boundary.
+fn continues_counting(continuation: &str, counting: &str) -> bool {
+    let words = continuation.split('.').next().unwrap_or_default();
+    let words = words.trim_end_matches(',');
+    !words.trim().is_empty()
+        && counting.starts_with(words)
+        && counting[words.len()..].starts_with(',')
 }

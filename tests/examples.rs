@@ -129,6 +129,12 @@ fn train_then_generate_demo_runs_end_to_end() {
         stdout.contains("[{'text_generation_text': ['An increasing sequence: one, two,"),
         "{stdout}"
     );
+    // Four steps teach nothing: the demo must say its answers are wrong, not pass them off.
+    assert!(stdout.contains("0 of 2 answers right"), "{stdout}");
+    assert!(
+        stdout.contains("wrong: the next words are three, four, five"),
+        "{stdout}"
+    );
     assert!(out_dir
         .path()
         .join("checkpoint/step_4/model.safetensors")

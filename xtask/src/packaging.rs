@@ -287,7 +287,15 @@ pub fn features() -> Result<()> {
     for (krate, flags) in WITHOUT_LIBTORCH {
         let tree = output(
             cargo()
-                .args(["tree", "-e", "normal,build", "--prefix", "none", "-p", krate])
+                .args([
+                    "tree",
+                    "-e",
+                    "normal,build",
+                    "--prefix",
+                    "none",
+                    "-p",
+                    krate,
+                ])
                 .args(*flags),
         )?;
         ensure!(
