@@ -284,10 +284,20 @@ fn a_rank_that_returns_early_fails_the_others_fast() {
     .unwrap();
     // Dropping the communicator disconnects at once, long before the 30 s timeout.
     assert!(start.elapsed() < Duration::from_secs(5));
-    for e in &out[..2] {
-        let e = e.as_deref().unwrap_or("");
-        assert!(e.contains("rank 2 has left the group"), "{e}");
-    }
+    // The first rank to fail saw rank 2 leave; the other may instead see that first rank,
+    // which has returned with its error by then (both are right).
+    let errs: Vec<&str> = out[..2]
+        .iter()
+        .map(|e| e.as_deref().unwrap_or(""))
+        .collect();
+    assert!(
+        errs.iter().all(|e| e.contains("has left the group")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("rank 2 has left the group")),
+        "{errs:?}"
+    );
 }
 
 #[test]
