@@ -60,6 +60,20 @@ fn torch_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// `pip install` in the venv, without a cache: CI's disk is small and every wheel is used once.
+fn pip_install() -> Command {
+    let mut c = Command::new(venv_python());
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+    ]);
+    c
+}
+
 /// Creates `.venv` with torch (and optionally the reference extra) and the `.libtorch` link.
 fn setup(reference: bool) -> Result<()> {
     let root = root();
@@ -72,45 +86,19 @@ fn setup(reference: bool) -> Result<()> {
     }
     let want = format!("import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '{TORCH_VERSION}' else 1)");
     if !python_ok(&want) {
-        run(Command::new(venv_python())
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-cache-dir",
-            ])
-            .arg(format!("torch=={TORCH_VERSION}")))?;
+        run(pip_install().arg(format!("torch=={TORCH_VERSION}")))?;
     }
     if reference && !python_ok("import transformers, safetensors, tiktoken, peft") {
-        run(Command::new(venv_python())
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-cache-dir",
-                "-r",
-            ])
+        run(pip_install()
+            .arg("-r")
             .arg(root.join("tools/reference/requirements.txt")))?;
     }
     // transformers 5.x has no question-answering pipeline: its fixtures come from 4.57.1,
     // installed beside the venv (not into it) so each script picks its version by PYTHONPATH.
     let tf4 = root.join(".venv-tf4");
     if reference && !tf4.join("transformers").is_dir() {
-        run(Command::new(venv_python())
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-cache-dir",
-                "--no-deps",
-                "--target",
-            ])
+        run(pip_install()
+            .args(["--no-deps", "--target"])
             .arg(&tf4)
             .args([
                 "transformers==4.57.1",
