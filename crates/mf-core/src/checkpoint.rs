@@ -11,7 +11,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 use tch::{Kind, Tensor};
 
 use crate::error::{MfError, Result};
-pub use crate::file::write_atomic;
+use crate::file::write_atomic;
 
 pub use crate::hub::{WEIGHTS_INDEX_NAME, WEIGHTS_NAME};
 
