@@ -28,7 +28,10 @@ def main():
     ap.add_argument("--model", choices=["gpt2", "llama"], default="gpt2")
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=2048)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     args = ap.parse_args()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.model == "llama":
@@ -41,13 +44,13 @@ def main():
             num_key_value_heads=args.kv_heads,
             max_position_embeddings=2048,
         )
-        model = LlamaForCausalLM(cfg).eval()
+        model = LlamaForCausalLM(cfg).eval().to(args.device, dtype)
         pad = cfg.eos_token_id
     else:
         cfg = GPT2Config(n_layer=args.layers, n_embd=args.hidden, n_head=args.heads)
-        model = GPT2LMHeadModel(cfg).eval()
+        model = GPT2LMHeadModel(cfg).eval().to(args.device, dtype)
         pad = cfg.eos_token_id
-    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len))
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len)).to(args.device)
     mask = torch.ones_like(ids)
     kwargs = dict(
         attention_mask=mask,
@@ -63,6 +66,8 @@ def main():
         for _ in range(args.repeats):
             t0 = time.perf_counter()
             out = model.generate(ids, **kwargs)
+            if args.device != "cpu":
+                torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
     assert out.shape[1] == args.prompt_len + args.new_tokens
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

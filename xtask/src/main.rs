@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod codegen;
+mod gpu_check;
 mod packaging;
 
 const TORCH_VERSION: &str = "2.13.0";
@@ -290,6 +291,9 @@ fn test(args: &[String]) -> Result<()> {
     // Plain `cargo test` builds the examples as ordinary binaries, which tests/examples.rs runs
     // (with --all-targets they would be test harnesses instead).
     run(&mut cmd)?;
+    // The GPU machine's check, rehearsed on the CPU with the binaries just built: the script
+    // that gets a few lent minutes there must not be the first run of its code.
+    gpu_check::main(&root(), &["--dry-run".to_string()])?;
     // The crates as another project uses them: each optional feature set compiles, every
     // crate packages with what it embeds, and two projects outside the workspace build and run.
     packaging::crates(None)?;
@@ -939,6 +943,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("crates") => packaging::crates(args.get(1).map(String::as_str)),
         Some("codegen") => codegen::main(&root(), &args[1..]),
+        Some("gpu-check") => gpu_check::main(&root(), &args[1..]),
         Some("reference") => {
             setup(true)?;
             for script in ["make_gpt2_fixtures.py", "make_tokenizer_fixtures.py"] {
@@ -950,7 +955,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  crates [features|package|external]  the crates as other projects use them: feature sets, cargo package, examples/external/\n  reference            regenerate the reference fixtures with transformers\n  codegen [--check] [--fixtures]  regenerate (or check) the files derived from others"
+                "usage: cargo xtask <command>\n\n  setup [--reference]  install libtorch (torch=={TORCH_VERSION} wheel) into .venv\n  demo                 run the seed document's examples end to end\n  test [ARGS]          the whole test suite (+ transformers round trip)\n  bench generate [--model llama]  decode speed against transformers (same machine, same run)\n  bench train [--bf16] Trainer throughput against PyTorch eager\n  bench load           loading a bf16 checkpoint against transformers' from_pretrained\n  crates [features|package|external]  the crates as other projects use them: feature sets, cargo package, examples/external/\n  reference            regenerate the reference fixtures with transformers\n  codegen [--check] [--fixtures]  regenerate (or check) the files derived from others\n  gpu-check --prepare|--run|--dry-run  the CUDA check: build for the GPU machine, run there, or rehearse on the CPU"
             );
             bail!("unknown or missing command")
         }

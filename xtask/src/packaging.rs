@@ -92,7 +92,7 @@ fn tokenizer_only() -> Result<()> {
 
 /// A word-level tokenizer for the tiny GPT-2 fixture's 1000 ids: token `t{i}` is id `i`, so a
 /// prompt of ids is a text and generated ids read back as words.
-fn tiny_word_tokenizer(vocab: usize) -> serde_json::Value {
+pub(crate) fn tiny_word_tokenizer(vocab: usize) -> serde_json::Value {
     let words: serde_json::Map<String, serde_json::Value> =
         (0..vocab).map(|i| (format!("t{i}"), i.into())).collect();
     serde_json::json!({

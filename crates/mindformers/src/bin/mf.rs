@@ -227,6 +227,9 @@ enum Cmd {
         /// Train in bf16 with f32 master weights (TrainingArguments.bf16).
         #[arg(long)]
         bf16: bool,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Parallel layout on the threads backend, as set_parallel_config.
         #[command(flatten)]
         layout: LayoutArgs,
@@ -314,6 +317,9 @@ enum Cmd {
         /// f32, bf16 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -737,14 +743,16 @@ fn run(cli: Cli) -> Result<()> {
             repeats,
             threads,
             dtype,
+            device,
         } => {
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
+            let device: Device = device.parse()?;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(0);
             let mut model = AutoModel::from_config(&cfg)?;
-            model.to(Device::Cpu, dtype.parse()?)?;
+            model.to(device, dtype.parse()?)?;
             let vocab = model.vocab_size() as i64;
             let prompts: Vec<Vec<u32>> = (0..batch)
                 .map(|_| {
@@ -835,9 +843,11 @@ fn run(cli: Cli) -> Result<()> {
             warmup,
             threads,
             bf16,
+            device,
             layout,
         } => {
             let (parallel, recompute) = layout.configs()?;
+            let device: Device = device.parse()?;
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
@@ -846,10 +856,11 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 tch::Kind::Float
             };
-            let peak = mindformers::trainer::flops::matmul_peak_flops(tch::Device::Cpu, kind) / 1e9;
+            let peak = mindformers::trainer::flops::matmul_peak_flops(device.to_tch()?, kind) / 1e9;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
             tch::manual_seed(0);
-            let model = AutoModel::from_config(&cfg)?;
+            let mut model = AutoModel::from_config(&cfg)?;
+            model.to(device, DType::F32)?;
             let params = model.num_parameters();
             let vocab = model.vocab_size() as i64;
             let total = warmup + steps;
