@@ -656,3 +656,101 @@ fn prepare(root: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(full: bool) -> Plan {
+        Plan {
+            device: if full { "cuda" } else { "cpu" },
+            root: PathBuf::from("."),
+            mf: PathBuf::from("mf"),
+            check: PathBuf::from("device_check"),
+            python: PathBuf::from("python3"),
+            out: PathBuf::from("out"),
+            full,
+        }
+    }
+
+    /// The value after `flag` in an argument list.
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn both_sides_of_every_speed_case_run_the_same_shape_on_the_same_device() {
+        for full in [true, false] {
+            let p = plan(full);
+            let cases = speed_cases(&p);
+            assert_eq!(cases.len(), if full { 5 } else { 3 });
+            for c in &cases {
+                assert_eq!(after(&c.mf, "--device"), [p.device], "{}", c.name);
+                assert_eq!(after(&c.torch, "--device"), [p.device], "{}", c.name);
+                for (ours, theirs) in [("--batch", "--batch"), ("--new-tokens", "--new-tokens")] {
+                    assert_eq!(after(&c.mf, ours), after(&c.torch, theirs), "{}", c.name);
+                }
+                let sets = after(&c.mf, "--set");
+                for (key, flag) in [
+                    ("num_layers", "--layers"),
+                    ("hidden_size", "--hidden"),
+                    ("num_heads", "--heads"),
+                    ("n_kv_heads", "--kv-heads"),
+                    ("intermediate_size", "--intermediate"),
+                ] {
+                    let ours: Vec<&str> = sets
+                        .iter()
+                        .filter_map(|s| s.strip_prefix(&format!("{key}=")))
+                        .collect();
+                    assert_eq!(ours, after(&c.torch, flag), "{}: {key}", c.name);
+                }
+                let bf16 = c.name.contains("bf16");
+                assert_eq!(bf16, full, "{}", c.name);
+                if c.name.starts_with("train") {
+                    assert_eq!(c.mf.contains(&"--bf16".to_string()), bf16);
+                    assert_eq!(c.torch.contains(&"--bf16".to_string()), bf16);
+                } else {
+                    let dtype = if bf16 { "bf16" } else { "f32" };
+                    assert_eq!(after(&c.mf, "--dtype"), [dtype]);
+                    assert_eq!(after(&c.torch, "--dtype"), [dtype]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn result_lines_are_read_through_the_launchers_rank_prefix() {
+        let rows = json_lines(Command::new("sh").args([
+            "-c",
+            r#"echo 'starting'; echo '[rank 0] {"check":"comm","ok":true}'; echo '{"x":2}'"#,
+        ]))
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["check"], "comm");
+        assert_eq!(rows[1]["x"], 2);
+        // A command that fails without a result line is an error naming it.
+        let err = json_lines(Command::new("sh").args(["-c", "echo broken >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_check_is_marked_and_an_infer_row_names_fixture_and_dtype() {
+        let r = row_of(
+            &json!({"check": "infer", "fixture": "gpt2_tiny", "dtype": "bf16",
+                               "max_abs_diff": 0.5, "bound": 0.25, "ok": false, "detail": {}}),
+        );
+        assert_eq!(r.check, "infer gpt2_tiny bf16");
+        assert!(!r.ok);
+        assert!(
+            r.detail
+                .starts_with("max abs diff 5.000e-1 (bound 2.500e-1)"),
+            "{}",
+            r.detail
+        );
+    }
+}
