@@ -167,14 +167,12 @@ fn train_args(out: &Path, tag: &str) -> TrainingArguments {
     }
 }
 
+/// Step losses and the final named weights (on the CPU) of one training run.
+type Trained = (Vec<f64>, Vec<(String, Tensor)>);
+
 /// Trains the tiny GPT-2 (built on the CPU with `seed`, then moved) and returns the step losses
 /// and the final weights on the CPU.
-fn train_on(
-    device: Device,
-    dropout: f64,
-    args: TrainingArguments,
-    seed: i64,
-) -> Result<(Vec<f64>, Vec<(String, Tensor)>)> {
+fn train_on(device: Device, dropout: f64, args: TrainingArguments, seed: i64) -> Result<Trained> {
     let mut model = tiny_gpt2(seed, dropout)?;
     mindformers::PreTrainedModel::to(&mut model, device, DType::F32)?;
     let mut t =

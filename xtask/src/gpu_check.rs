@@ -632,7 +632,12 @@ fn prepare(root: &Path) -> Result<()> {
             .env("LIBTORCH", &libtorch)
             .env_remove("LIBTORCH_USE_PYTORCH"),
     )?;
-    crate::run(crate::cargo().args(["build", "--release", "-p", "xtask"]))?;
+    // This workspace's own target dir, whatever the xtask running now was built into.
+    crate::run(
+        crate::cargo()
+            .args(["build", "--release", "-p", "xtask"])
+            .env("CARGO_TARGET_DIR", root.join("target")),
+    )?;
     let bundle = base.join("bundle");
     let _ = std::fs::remove_dir_all(&bundle);
     std::fs::create_dir_all(&bundle)?;
