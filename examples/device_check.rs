@@ -48,6 +48,9 @@ enum Cmd {
     Comm {
         #[arg(long)]
         device: String,
+        /// Put every rank on GPU 0 (LOCAL_RANK=0): can NCCL run two ranks on one GPU?
+        #[arg(long)]
+        same_gpu: bool,
     },
 }
 
@@ -257,7 +260,11 @@ fn train(device: Device, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn comm(device: Device) -> Result<()> {
+fn comm(device: Device, same_gpu: bool) -> Result<()> {
+    if same_gpu {
+        // The NCCL backend takes its GPU index from LOCAL_RANK; nothing else reads it.
+        std::env::set_var("LOCAL_RANK", "0");
+    }
     use mindformers::core::comm::{Communicator, ReduceOp};
     let target = match device {
         Device::Cpu => "cpu",
@@ -327,7 +334,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Infer { device, fixture } => infer(device.parse()?, &fixture),
         Cmd::Train { device, out } => train(device.parse()?, &out),
-        Cmd::Comm { device } => comm(device.parse()?),
+        Cmd::Comm { device, same_gpu } => comm(device.parse()?, same_gpu),
     }
     .or_else(|e| bail!("device_check: {e:#}"))
 }

@@ -130,6 +130,8 @@ fn json_lines(cmd: &mut Command) -> Result<Vec<Value>> {
 struct Row {
     check: String,
     ok: bool,
+    /// A finding that is neither a pass nor a failure (NCCL refusing two ranks on one GPU).
+    result: Option<String>,
     detail: String,
 }
 
@@ -158,6 +160,7 @@ fn row_of(v: &Value) -> Row {
     Row {
         check: name,
         ok: v["ok"] == true,
+        result: v["result"].as_str().map(str::to_string),
         detail,
     }
 }
@@ -224,6 +227,32 @@ fn run_checks(plan: &Plan) -> Result<()> {
         Ok(_) => raw.push(failed("comm", anyhow::anyhow!("no result line"))),
         Err(e) => raw.push(failed("comm", e)),
     }
+    // Two ranks on the one GPU: NCCL may refuse them (a "duplicate GPU"); the table says which.
+    if plan.device == "cuda" {
+        let two = json_lines(
+            Command::new("timeout")
+                .arg("120")
+                .arg(&plan.mf)
+                .args([
+                    "launch",
+                    "--nproc-per-node",
+                    "2",
+                    "--master-port",
+                    "29518",
+                    "--",
+                ])
+                .arg(&plan.check)
+                .args(["comm", "--device", plan.device, "--same-gpu"]),
+        );
+        match two {
+            Ok(vs) if !vs.is_empty() => raw.extend(vs),
+            other => raw.push(json!({
+                "check": "comm world 2 on one GPU", "ok": true, "result": "refused",
+                "detail": format!("NCCL did not run two ranks on one GPU: {}",
+                    other.err().map_or("no result line".into(), |e| format!("{e:#}"))),
+            })),
+        }
+    }
     // 4. Speed against the device's own PyTorch/transformers, alternating.
     let mut speed = Vec::new();
     for case in speed_cases(plan) {
@@ -243,7 +272,9 @@ fn run_checks(plan: &Plan) -> Result<()> {
         table += &format!(
             "| {} | {} | {} |\n",
             r.check,
-            if r.ok { "ok" } else { "FAILED" },
+            r.result
+                .as_deref()
+                .unwrap_or(if r.ok { "ok" } else { "FAILED" }),
             r.detail.replace('|', "/")
         );
     }
