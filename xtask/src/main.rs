@@ -417,10 +417,10 @@ fn bench(args: &[String]) -> Result<()> {
             "GPT-2 small"
         }
     );
-    // Best of 5 timed runs each: a 2-core VM is noisy, and the best run is the least disturbed.
-    let repeats = "5";
-    println!("| batch | mindformers-rs tok/s | transformers tok/s | ratio | mf peak RSS MiB | HF peak RSS MiB |");
-    println!("|---|---|---|---|---|---|");
+    println!("{}", bench_header(&threads));
+    println!("32-token prompts, 128 new tokens, greedy, no eos stop, f32; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
+    println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s, MB/step) | mf % of limit | mf / HF peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
     for batch in ["1", "8"] {
         let common = [
             "--batch",
@@ -432,29 +432,53 @@ fn bench(args: &[String]) -> Result<()> {
             "--threads",
             &threads,
             "--repeats",
-            repeats,
+            "1",
         ];
-        let ours = json_line(
-            Command::new(&mf)
-                .arg("bench-generate")
-                .args(common)
-                .args(&ours_model),
-        )?;
-        let theirs = json_line(
-            Command::new(venv_python())
-                .arg(root().join("tools/bench/hf_generate.py"))
-                .args(common)
-                .args(theirs_model),
-        )?;
-        let (a, b) = (
-            ours["tokens_per_s"].as_f64().unwrap_or(0.0),
-            theirs["tokens_per_s"].as_f64().unwrap_or(0.0),
-        );
+        let mut pairs = Vec::new();
+        for _ in 0..DECODE_PAIRS {
+            let ours = json_line(
+                Command::new(&mf)
+                    .arg("bench-generate")
+                    .args(common)
+                    .args(&ours_model),
+            )?;
+            let theirs = json_line(
+                Command::new(venv_python())
+                    .arg(root().join("tools/bench/hf_generate.py"))
+                    .args(common)
+                    .args(theirs_model),
+            )?;
+            pairs.push((ours, theirs));
+        }
+        let col = |side: usize, k: &str| -> Vec<f64> {
+            pairs
+                .iter()
+                .map(|p| {
+                    let v = if side == 0 { &p.0 } else { &p.1 };
+                    v[k].as_f64().unwrap_or(0.0)
+                })
+                .collect()
+        };
+        let (a, b) = (col(0, "tokens_per_s"), col(1, "tokens_per_s"));
+        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1e-12)).collect();
+        let limit = median(col(0, "limit_tokens_per_s"));
         println!(
-            "| {batch} | {a:.1} | {b:.1} | {:.2}x | {:.0} | {:.0} |",
-            a / b,
-            ours["peak_rss_mb"].as_f64().unwrap_or(0.0),
-            theirs["peak_rss_mb"].as_f64().unwrap_or(0.0)
+            "| {batch} | {:.1} ({}) | {:.1} ({}) | {} | {:.2}x | {limit:.1} ({:.1}, {:.0}) | {:.0}% | {:.0} / {:.0} |",
+            median(a.clone()),
+            min_max(&a),
+            median(b.clone()),
+            min_max(&b),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            median(ratios.clone()),
+            median(col(0, "read_gb_per_s")),
+            median(col(0, "step_bytes")) / 1e6,
+            100.0 * median(a.clone()) / limit.max(1e-12),
+            median(col(0, "peak_rss_mb")),
+            median(col(1, "peak_rss_mb")),
         );
     }
     Ok(())
@@ -642,6 +666,20 @@ fn bench_parallel(mf: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Alternating pairs of the training benchmark.
+const TRAIN_PAIRS: usize = 3;
+
+/// Alternating pairs per decode benchmark row.
+const DECODE_PAIRS: usize = 5;
+
+/// `min-max` of some measurements, for the tables.
+fn min_max(v: &[f64]) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    format!("{lo:.1}-{hi:.1}")
+}
+
 /// The median of some measurements.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -761,7 +799,6 @@ fn bench_load(mf: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
 /// The machine a benchmark ran on: CPU model, its bf16 / AMX flags, and the commit.
 fn bench_header(threads: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -859,6 +896,7 @@ fn bench_encode(mf: &Path, threads: &str) -> Result<()> {
     Ok(())
 }
 
+/// Trainer throughput against PyTorch eager (HF GPT2LMHeadModel + torch.optim.AdamW).
 fn bench_train(mf: &Path, threads: &str, bf16: bool) -> Result<()> {
     let precision: &[&str] = if bf16 { &["--bf16"] } else { &[] };
     println!(
@@ -881,55 +919,72 @@ fn bench_train(mf: &Path, threads: &str, bf16: bool) -> Result<()> {
         "--threads",
         threads,
     ];
-    let ours = json_line(
-        Command::new(mf)
-            .arg("bench-train")
-            .args([
-                "--set",
-                "num_layers=6",
-                "--set",
-                "hidden_size=512",
-                "--set",
-                "num_heads=8",
-            ])
-            .args(shape)
-            .args(precision),
-    )?;
-    let theirs = json_line(
-        Command::new(venv_python())
-            .arg(root().join("tools/bench/hf_train.py"))
-            .args(["--layers", "6", "--hidden", "512", "--heads", "8"])
-            .args(shape)
-            .args(precision),
-    )?;
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!("{}", bench_header(threads));
+    println!("model: GPT-2 shape, 6 layers, width 512, 8 heads, GPT-2 vocabulary; seq 256, batch 8, AdamW; each run 2 warm-up + 6 timed steps, the two sides alternate A B for {TRAIN_PAIRS} pairs");
+    let mut pairs = Vec::new();
+    for _ in 0..TRAIN_PAIRS {
+        let ours = json_line(
+            Command::new(mf)
+                .arg("bench-train")
+                .args([
+                    "--set",
+                    "num_layers=6",
+                    "--set",
+                    "hidden_size=512",
+                    "--set",
+                    "num_heads=8",
+                ])
+                .args(shape)
+                .args(precision),
+        )?;
+        let theirs = json_line(
+            Command::new(venv_python())
+                .arg(root().join("tools/bench/hf_train.py"))
+                .args(["--layers", "6", "--hidden", "512", "--heads", "8"])
+                .args(shape)
+                .args(precision),
+        )?;
+        pairs.push((ours, theirs));
+    }
+    let col = |side: usize, k: &str| -> Vec<f64> {
+        pairs
+            .iter()
+            .map(|p| {
+                let v = if side == 0 { &p.0 } else { &p.1 };
+                v[k].as_f64().unwrap_or(0.0)
+            })
+            .collect()
+    };
+    let (a, b) = (col(0, "tokens_per_s"), col(1, "tokens_per_s"));
+    let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1e-12)).collect();
+    let peak = median(col(0, "matmul_peak_gflops")) * 1e9;
+    let params = median(col(0, "parameters"));
+    let (ta, tb) = (median(a.clone()), median(b.clone()));
+    let (ra, rb) = (median(col(0, "peak_rss_mb")), median(col(1, "peak_rss_mb")));
     println!("| | mindformers-rs | PyTorch eager |\n|---|---|---|");
     println!(
-        "| steps/s | {:.3} | {:.3} |",
-        f(&ours, "steps_per_s"),
-        f(&theirs, "steps_per_s")
+        "| tokens/s median (min-max) | {ta:.0} ({}) | {tb:.0} ({}) |",
+        min_max(&a),
+        min_max(&b)
     );
     println!(
-        "| tokens/s | {:.0} | {:.0} |",
-        f(&ours, "tokens_per_s"),
-        f(&theirs, "tokens_per_s")
+        "| ratio per pair | {} | |",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| median ratio | {:.2}x | |", median(ratios.clone()));
+    println!(
+        "| peak RSS MiB (median) | {ra:.0} ({:.0}% of PyTorch's) | {rb:.0} |",
+        100.0 * ra / rb.max(1e-12)
     );
     println!(
-        "| peak RSS MiB | {:.0} | {:.0} |",
-        f(&ours, "peak_rss_mb"),
-        f(&theirs, "peak_rss_mb")
-    );
-    let peak = f(&ours, "matmul_peak_gflops") * 1e9;
-    let params = f(&ours, "parameters");
-    println!(
-        "| MFU (6·N·tokens/s over {:.0} GFLOPS) | {:.1}% | {:.1}% |",
+        "| MFU (6·N·tokens/s over the measured {:.0} GFLOPS matmul rate) | {:.1}% | {:.1}% |",
         peak / 1e9,
-        100.0 * 6.0 * params * f(&ours, "tokens_per_s") / peak,
-        100.0 * 6.0 * params * f(&theirs, "tokens_per_s") / peak
-    );
-    println!(
-        "ratio (tokens/s): {:.2}x",
-        f(&ours, "tokens_per_s") / f(&theirs, "tokens_per_s")
+        100.0 * 6.0 * params * ta / peak.max(1.0),
+        100.0 * 6.0 * params * tb / peak.max(1.0)
     );
     Ok(())
 }

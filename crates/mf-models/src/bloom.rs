@@ -499,10 +499,14 @@ impl BloomForCausalLM {
     }
 }
 
-impl CausalLM for BloomForCausalLM {
-    /// `position_ids` are checked but not used: ALiBi positions come from the attention mask
-    /// (as in transformers, where BLOOM takes no position ids).
-    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+impl BloomForCausalLM {
+    /// The final hidden states, the LM head's input (the last position only under
+    /// `last_only`).
+    fn hidden_states(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let ids = input
             .input_ids
             .ok_or_else(|| invalid("BLOOM forward needs input_ids"))?;
@@ -555,10 +559,34 @@ impl CausalLM for BloomForCausalLM {
             x
         };
         let x = self.ln_f.forward(&x);
+        Ok(x)
+    }
+
+    /// The head as a plain `[vocab, hidden]` matrix, when it is one.
+    fn head_matrix(&self) -> Option<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.as_matrix(),
+            None => Some(self.word_embeddings.shallow_clone()),
+        }
+    }
+}
+
+impl CausalLM for BloomForCausalLM {
+    /// `position_ids` are checked but not used: ALiBi positions come from the attention mask
+    /// (as in transformers, where BLOOM takes no position ids).
+    fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input, cache)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.word_embeddings.tr()),
         })
+    }
+
+    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        match self.head_matrix() {
+            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
+            None => Ok(None),
+        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

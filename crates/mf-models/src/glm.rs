@@ -555,8 +555,14 @@ impl GlmForCausalLM {
     }
 }
 
-impl CausalLM for GlmForCausalLM {
-    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+impl GlmForCausalLM {
+    /// The final hidden states, the LM head's input (the last position only under
+    /// `last_only`).
+    fn hidden_states(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let ids = input
             .input_ids
             .ok_or_else(|| invalid("GLM forward needs input_ids"))?;
@@ -620,10 +626,32 @@ impl CausalLM for GlmForCausalLM {
             x
         };
         let x = self.norm.forward(&x);
+        Ok(x)
+    }
+
+    /// The head as a plain `[vocab, hidden]` matrix, when it is one.
+    fn head_matrix(&self) -> Option<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.as_matrix(),
+            None => Some(self.embed_tokens.shallow_clone()),
+        }
+    }
+}
+
+impl CausalLM for GlmForCausalLM {
+    fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input, cache)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.embed_tokens.tr()),
         })
+    }
+
+    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        match self.head_matrix() {
+            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
+            None => Ok(None),
+        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

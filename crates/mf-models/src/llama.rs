@@ -824,8 +824,14 @@ impl LlamaForCausalLM {
     }
 }
 
-impl CausalLM for LlamaForCausalLM {
-    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+impl LlamaForCausalLM {
+    /// The final hidden states, the LM head's input (the last position only under
+    /// `last_only`).
+    fn hidden_states(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let ids = input
             .input_ids
             .ok_or_else(|| invalid("LLaMA forward needs input_ids"))?;
@@ -889,6 +895,21 @@ impl CausalLM for LlamaForCausalLM {
             x
         };
         let x = self.norm.forward(&x);
+        Ok(x)
+    }
+
+    /// The head as a plain `[vocab, hidden]` matrix, when it is one.
+    fn head_matrix(&self) -> Option<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.as_matrix(),
+            None => Some(self.embed_tokens.shallow_clone()),
+        }
+    }
+}
+
+impl CausalLM for LlamaForCausalLM {
+    fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input, cache)?;
         if input.last_only {
             // Decoding runs under no_grad: the cached contiguous head is the faster GEMV.
             let w = match &self.lm_head {
@@ -901,6 +922,13 @@ impl CausalLM for LlamaForCausalLM {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.embed_tokens.tr()),
         })
+    }
+
+    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        match self.head_matrix() {
+            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
+            None => Ok(None),
+        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

@@ -54,6 +54,31 @@ pub trait CausalLM: PreTrainedModel {
     fn model_config(&self) -> Option<crate::ModelConfig> {
         None
     }
+    /// The head's input, the final hidden states `[batch, len, hidden]`, with the head as a
+    /// plain `[vocab, hidden]` matrix, for a loss that never materialises the logits; `None`
+    /// where the head is more than a matrix (a bias, a LoRA adapter) or the family offers no
+    /// such split.
+    fn forward_hidden(&self, _input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
+    /// Mean cross-entropy of the prediction at each position against `targets [batch, len]`
+    /// (the id expected there, `-100` ignored), through the fused chunked LM-head loss
+    /// (`layers::lm_loss`) where the family offers [`CausalLM::forward_hidden`], else through
+    /// the full logits.
+    fn next_token_loss(&self, input: &ForwardInput<'_>, targets: &Tensor) -> Result<Tensor> {
+        let n = crate::layers::lm_loss::counted_targets(targets)?;
+        if let Some((h, w)) = self.forward_hidden(input)? {
+            let d = h.size().last().copied().unwrap_or(0);
+            return crate::layers::lm_head_cross_entropy(
+                &h.f_reshape([-1, d])?,
+                &w,
+                &targets.f_reshape([-1])?,
+                n as f64,
+                None,
+            );
+        }
+        crate::task::cross_entropy(&self.forward(input, None)?, targets)
+    }
 }
 
 /// Writes a Hugging Face model directory: `model.safetensors` (with PyTorch's `format: pt`

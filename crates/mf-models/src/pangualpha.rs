@@ -470,8 +470,14 @@ impl PanguAlphaHeadModel {
     }
 }
 
-impl CausalLM for PanguAlphaHeadModel {
-    fn forward(&self, input: &ForwardInput<'_>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+impl PanguAlphaHeadModel {
+    /// The final hidden states, the LM head's input (the last position only under
+    /// `last_only`).
+    fn hidden_states(
+        &self,
+        input: &ForwardInput<'_>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let ids = input
             .input_ids
             .ok_or_else(|| invalid("PanGu-α forward needs input_ids"))?;
@@ -544,7 +550,26 @@ impl CausalLM for PanguAlphaHeadModel {
         } else {
             x
         };
+        Ok(x)
+    }
+
+    /// The head as a plain `[vocab, hidden]` matrix, when it is one.
+    fn head_matrix(&self) -> Option<Tensor> {
+        Some(self.word_embedding.shallow_clone())
+    }
+}
+
+impl CausalLM for PanguAlphaHeadModel {
+    fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden_states(input, cache)?;
         Ok(x.matmul(&self.word_embedding.tr()))
+    }
+
+    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        match self.head_matrix() {
+            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
+            None => Ok(None),
+        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

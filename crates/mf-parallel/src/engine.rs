@@ -26,7 +26,7 @@ use std::ops::Range;
 
 use mf_core::comm::{Communicator, DeviceMesh, MeshCoord, MeshShape, ReduceOp};
 use mf_core::{invalid, MfError, Result};
-use mf_models::layers::TensorParallel;
+use mf_models::layers::{lm_head_cross_entropy, TensorParallel, VocabShard};
 use mf_models::parallel::{build_stage, ParallelLM, ShardRule, StageSpec, Sublayer};
 use mf_models::ModelConfig;
 use tch::{Kind, Tensor};
@@ -936,62 +936,46 @@ impl RankEngine {
     fn head_forward(&self, x: &Tensor, labels: &Tensor) -> Result<(Seg, Seg)> {
         let norm = Seg::run(&[(x, true)], |l| self.model.final_norm(&l[0]))?;
         let w = self.model.head_weight()?;
+        // The mean runs over every position of the micro-batch, on every rank alike.
+        let total = labels.numel() as f64;
+        let flat = |h: &Tensor| -> Result<Tensor> {
+            let d = h.size().last().copied().unwrap_or(0);
+            Ok(h.f_reshape([-1, d])?)
+        };
         if self.vocab_parallel() {
             let hn = self.comm_in(norm.value())?;
+            let max = |t: Tensor| self.tp.run(CommOp::AllReduce(ReduceOp::Max), t);
+            let sum = |t: Tensor| self.tp.run(CommOp::AllReduce(ReduceOp::Sum), t);
+            // Global max, sum of exponentials and target logit are all-reduced per chunk of
+            // rows, so the logits are never gathered (and never whole on one rank either).
+            let shard = VocabShard {
+                start: w.size()[0] * self.coord.tp as i64,
+                all_reduce_max: &max,
+                all_reduce_sum: &sum,
+            };
             let loss = Seg::run(&[(&hn, true)], |l| {
-                self.vocab_parallel_ce(&l[0], &w, labels)
+                lm_head_cross_entropy(
+                    &flat(&l[0])?,
+                    &w,
+                    &labels.reshape([-1]),
+                    total,
+                    Some(&shard),
+                )
             })?;
             Ok((norm, loss))
         } else {
-            let (labels, total) = if self.sp() {
+            let labels = if self.sp() {
                 let t = labels.size()[1];
                 let part = t / self.shape.tp as i64;
-                (
-                    labels.narrow(1, part * self.coord.tp as i64, part),
-                    labels.numel(),
-                )
+                labels.narrow(1, part * self.coord.tp as i64, part)
             } else {
-                (labels.shallow_clone(), labels.numel())
+                labels.shallow_clone()
             };
             let loss = Seg::run(&[(&norm.value(), true)], |l| {
-                let z = l[0].matmul(&w.tr()).to_kind(Kind::Float);
-                let v = z.size()[2];
-                let sum = z.reshape([-1, v]).cross_entropy_loss::<Tensor>(
-                    &labels.reshape([-1]),
-                    None,
-                    tch::Reduction::Sum,
-                    -100,
-                    0.0,
-                );
-                Ok(sum / total as f64)
+                lm_head_cross_entropy(&flat(&l[0])?, &w, &labels.reshape([-1]), total, None)
             })?;
             Ok((norm, loss))
         }
-    }
-
-    /// Cross-entropy over a vocabulary split across the tensor-parallel ranks without
-    /// gathering the logits: global max, sum of exponentials and target logit are all-reduced
-    /// as `[rows, len]` tensors, and the gradient of the local logits is
-    /// `softmax_local - onehot_local` by construction.
-    fn vocab_parallel_ce(&self, h: &Tensor, w: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        let z = h.matmul(&w.tr()).to_kind(Kind::Float);
-        let local = w.size()[0];
-        let start = local * self.coord.tp as i64;
-        let m = self.tp.run(
-            CommOp::AllReduce(ReduceOp::Max),
-            z.detach().amax([-1], false),
-        )?;
-        let e = (&z - m.unsqueeze(-1)).exp();
-        let se = e.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-        let s = self.tp.run(CommOp::AllReduce(ReduceOp::Sum), se.detach())?;
-        let log_s = s.log() + (&se - se.detach()) / &s;
-        let mine = labels.ge(start).logical_and(&labels.lt(start + local));
-        let idx = (labels - start).where_scalarother(&mine, 0);
-        let zt =
-            z.gather(-1, &idx.unsqueeze(-1), false).squeeze_dim(-1) * mine.to_kind(Kind::Float);
-        let zt_all = self.tp.run(CommOp::AllReduce(ReduceOp::Sum), zt.detach())?;
-        let zt = &zt + (zt_all - zt.detach());
-        Ok((log_s + m - zt).mean(Kind::Float))
     }
 
     fn head_backward(&self, norm: Seg, loss: Seg, grad_scale: f64) -> Result<Tensor> {

@@ -50,6 +50,27 @@ fn measure(device: Device, kind: Kind) -> f64 {
     2.0 * (n as f64).powi(3) / best.max(1e-9)
 }
 
+/// The rate at which this device streams memory it only reads, in bytes/s: the best of five
+/// sums of a 1 GiB f32 tensor (far beyond any cache) at the current thread count. Decode
+/// reads every weight once per step, so this over the bytes a step reads bounds its speed.
+pub fn read_bandwidth(device: Device) -> f64 {
+    let _g = tch::no_grad_guard();
+    let n: i64 = 1 << 28;
+    let t = Tensor::ones([n], (Kind::Float, device));
+    let _ = t.sum(Kind::Float);
+    sync(device);
+    let best = (0..5)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            let s = t.sum(Kind::Float);
+            sync(device);
+            let _ = s.double_value(&[]);
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    (n * 4) as f64 / best.max(1e-9)
+}
+
 /// Parameters that cost 6 FLOPs per token in a training step (a multiply-add forward, two
 /// backward): all but lookup-only embedding tables. Position and token-type tables are always
 /// lookups; the word table is one too unless an output layer multiplies by it

@@ -506,23 +506,35 @@ impl Trainer {
                 .iter()
                 .find(|(n, _)| n == "attention_mask")
                 .map(|(_, t)| t.to_kind(Kind::Int64).to_device(dev));
-            let logits = m.forward(
-                &ForwardInput {
-                    input_ids: Some(&ids),
-                    attention_mask: mask.as_ref(),
-                    train,
-                    ..Default::default()
-                },
-                None,
-            )?;
-            let loss = mf_models::task::causal_lm_loss(&logits, &labels)?;
+            let input = ForwardInput {
+                input_ids: Some(&ids),
+                attention_mask: mask.as_ref(),
+                train,
+                ..Default::default()
+            };
             let counted = labels
                 .narrow(1, 1, l - 1)
                 .ne(-100)
                 .sum(Kind::Int64)
                 .int64_value(&[]);
-            let kept =
-                keep_logits.then(|| (logits.narrow(1, 0, l - 1), labels.narrow(1, 1, l - 1)));
+            let (loss, kept) = if keep_logits {
+                let logits = m.forward(&input, None)?;
+                let loss = mf_models::task::causal_lm_loss(&logits, &labels)?;
+                (
+                    loss,
+                    Some((logits.narrow(1, 0, l - 1), labels.narrow(1, 1, l - 1))),
+                )
+            } else {
+                // Position i predicts labels[i + 1]; the last position predicts nothing.
+                let targets = Tensor::cat(
+                    &[
+                        labels.narrow(1, 1, l - 1),
+                        Tensor::full([b, 1], -100, (Kind::Int64, dev)),
+                    ],
+                    1,
+                );
+                (m.next_token_loss(&input, &targets)?, None)
+            };
             return Ok(BatchLoss {
                 loss,
                 weight: counted,
@@ -537,20 +549,22 @@ impl Trainer {
         }
         let inputs = ids.narrow(1, 0, l - 1);
         let labels = ids.narrow(1, 1, l - 1);
-        let logits = m.forward(
-            &ForwardInput {
-                input_ids: Some(&inputs),
-                train,
-                ..Default::default()
-            },
-            None,
-        )?;
-        let v = logits.size()[2];
-        let loss = logits
-            .reshape([-1, v])
-            .to_kind(Kind::Float)
-            .cross_entropy_for_logits(&labels.reshape([-1]));
-        let kept = keep_logits.then_some((logits, labels));
+        let input = ForwardInput {
+            input_ids: Some(&inputs),
+            train,
+            ..Default::default()
+        };
+        let (loss, kept) = if keep_logits {
+            let logits = m.forward(&input, None)?;
+            let v = logits.size()[2];
+            let loss = logits
+                .reshape([-1, v])
+                .to_kind(Kind::Float)
+                .cross_entropy_for_logits(&labels.reshape([-1]));
+            (loss, Some((logits, labels)))
+        } else {
+            (m.next_token_loss(&input, &labels)?, None)
+        };
         Ok(BatchLoss {
             loss,
             weight: b * (l - 1),

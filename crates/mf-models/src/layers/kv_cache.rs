@@ -72,6 +72,20 @@ impl KvCache {
         Ok((c.k.narrow(2, 0, end as i64), c.v.narrow(2, 0, end as i64)))
     }
 
+    /// Bytes of keys and values one cached position takes over all layers and the batch: what
+    /// a decode step reads per position of history.
+    pub fn bytes_per_position(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|c| {
+                let s = c.k.size();
+                let per = (s[0] * s[1] * s[3]) as usize * c.k.kind().elt_size_in_bytes();
+                2 * per
+            })
+            .sum()
+    }
+
     /// Advances the filled length after every layer has appended `new` positions.
     pub fn advance(&mut self, new: usize) {
         self.len += new;

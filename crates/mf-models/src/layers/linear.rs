@@ -216,6 +216,18 @@ impl ColumnParallelLinear {
         let y = apply(x, &self.weight, self.bias.as_ref(), self.layout);
         with_lora(y, x, self.lora.as_ref(), train)
     }
+
+    /// The layer as a plain `[out, in]` matrix (a view, gradients flow to the weight), when it
+    /// is one: no bias and no LoRA adapter.
+    pub fn as_matrix(&self) -> Option<Tensor> {
+        if self.bias.is_some() || self.lora.is_some() {
+            return None;
+        }
+        Some(match self.layout {
+            WeightLayout::OutIn => self.weight.shallow_clone(),
+            WeightLayout::InOut => self.weight.tr(),
+        })
+    }
 }
 
 /// A linear whose input features are split across tensor-parallel ranks.

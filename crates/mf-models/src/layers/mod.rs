@@ -5,6 +5,7 @@ pub mod attention;
 pub mod dropout;
 pub mod kv_cache;
 pub mod linear;
+pub mod lm_loss;
 pub mod norm;
 pub mod params;
 pub mod rotary;
@@ -16,5 +17,6 @@ pub use attention::{
 pub use dropout::{hash_dropout, hash_uniform};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
+pub use lm_loss::{lm_head_cross_entropy, VocabShard};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rotary::{apply_rotary, apply_rotary_interleaved, RopeScaling, RotaryEmbedding};

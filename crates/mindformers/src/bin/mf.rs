@@ -787,8 +787,37 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            // The machine's limit for this decode: every matmul weight and the whole KV cache
+            // so far are read once per step (the average step sits mid-way through the new
+            // tokens); the read rate is measured here, at the same thread count.
+            let params = model.parameters();
+            let untied = params.iter().any(|(n, _)| n.ends_with("lm_head.weight"));
+            let weight_bytes: usize = {
+                let kept = mindformers::trainer::flops::matmul_parameters(&params, !untied);
+                let elt = params
+                    .first()
+                    .map_or(4, |(_, t)| t.kind().elt_size_in_bytes());
+                kept * elt
+            };
+            let kv_per_position = {
+                let _g = tch::no_grad_guard();
+                let mut cache = model.new_cache(2);
+                let ids =
+                    tch::Tensor::zeros([batch as i64, 1], (tch::Kind::Int64, device.to_tch()?));
+                let _ = model.forward(&mindformers::ForwardInput::ids(&ids), Some(&mut cache))?;
+                cache.bytes_per_position()
+            };
+            let mean_history = prompt_len as f64 + (new_tokens as f64 - 1.0) / 2.0;
+            let step_bytes = weight_bytes as f64 + kv_per_position as f64 * mean_history;
+            let read_bw = mindformers::trainer::flops::read_bandwidth(device.to_tch()?);
+            let limit = batch as f64 * read_bw / step_bytes;
             let v = serde_json::json!({
                 "impl": "mindformers-rs",
+                "weight_bytes": weight_bytes,
+                "kv_bytes_per_position": kv_per_position,
+                "step_bytes": step_bytes,
+                "read_gb_per_s": read_bw / 1e9,
+                "limit_tokens_per_s": limit,
                 "batch": batch,
                 "prompt_len": prompt_len,
                 "new_tokens": new_tokens,
