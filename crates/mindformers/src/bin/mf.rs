@@ -787,6 +787,8 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            // Before the bandwidth probe's 1 GiB buffer counts into the high-water mark.
+            let peak_rss = peak_rss_mb();
             // The machine's limit for this decode: every matmul weight and the whole KV cache
             // so far are read once per step (the average step sits mid-way through the new
             // tokens); the read rate is measured here, at the same thread count.
@@ -823,7 +825,7 @@ fn run(cli: Cli) -> Result<()> {
                 "new_tokens": new_tokens,
                 "seconds": best,
                 "tokens_per_s": (batch * new_tokens) as f64 / best,
-                "peak_rss_mb": peak_rss_mb(),
+                "peak_rss_mb": peak_rss,
                 "threads": tch::get_num_threads(),
             });
             writeln!(out, "{v}")?;
