@@ -450,15 +450,7 @@ fn bench(args: &[String]) -> Result<()> {
             )?;
             pairs.push((ours, theirs));
         }
-        let col = |side: usize, k: &str| -> Vec<f64> {
-            pairs
-                .iter()
-                .map(|p| {
-                    let v = if side == 0 { &p.0 } else { &p.1 };
-                    v[k].as_f64().unwrap_or(0.0)
-                })
-                .collect()
-        };
+        let col = |side: usize, k: &str| pair_column(&pairs, side, k);
         let (a, b) = (col(0, "tokens_per_s"), col(1, "tokens_per_s"));
         let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1e-12)).collect();
         let limit = median(col(0, "limit_tokens_per_s"));
@@ -672,6 +664,14 @@ const TRAIN_PAIRS: usize = 3;
 /// Alternating pairs per decode benchmark row.
 const DECODE_PAIRS: usize = 5;
 
+/// Field `k` of one side (0: mindformers-rs, 1: the baseline) of alternating runs.
+fn pair_column(pairs: &[(serde_json::Value, serde_json::Value)], side: usize, k: &str) -> Vec<f64> {
+    pairs
+        .iter()
+        .map(|(a, b)| (if side == 0 { a } else { b })[k].as_f64().unwrap_or(0.0))
+        .collect()
+}
+
 /// `min-max` of some measurements, for the tables.
 fn min_max(v: &[f64]) -> String {
     let (lo, hi) = v
@@ -864,24 +864,13 @@ fn bench_encode(mf: &Path, threads: &str) -> Result<()> {
         rss_ours = rss_ours.max(a["peak_rss_mb"].as_f64().unwrap_or(0.0));
         rss_theirs = rss_theirs.max(b["peak_rss_mb"].as_f64().unwrap_or(0.0));
     }
-    let med = |v: &[f64]| {
-        let mut s = v.to_vec();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
-    let range = |v: &[f64]| {
-        let (lo, hi) = v
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-        format!("{lo:.1}-{hi:.1}")
-    };
     println!("| | mindformers-rs | transformers |\n|---|---|---|");
     println!(
         "| sequences/s (median, min-max) | {:.1} ({}) | {:.1} ({}) |",
-        med(&ours),
-        range(&ours),
-        med(&theirs),
-        range(&theirs)
+        median(ours.clone()),
+        min_max(&ours),
+        median(theirs.clone()),
+        min_max(&theirs)
     );
     println!(
         "| ratio per pair | {} | |",
@@ -891,7 +880,7 @@ fn bench_encode(mf: &Path, threads: &str) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("| median ratio | {:.2}x | |", med(&ratios));
+    println!("| median ratio | {:.2}x | |", median(ratios.clone()));
     println!("| peak RSS MiB | {rss_ours:.0} | {rss_theirs:.0} |");
     Ok(())
 }
@@ -946,15 +935,7 @@ fn bench_train(mf: &Path, threads: &str, bf16: bool) -> Result<()> {
         )?;
         pairs.push((ours, theirs));
     }
-    let col = |side: usize, k: &str| -> Vec<f64> {
-        pairs
-            .iter()
-            .map(|p| {
-                let v = if side == 0 { &p.0 } else { &p.1 };
-                v[k].as_f64().unwrap_or(0.0)
-            })
-            .collect()
-    };
+    let col = |side: usize, k: &str| pair_column(&pairs, side, k);
     let (a, b) = (col(0, "tokens_per_s"), col(1, "tokens_per_s"));
     let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1e-12)).collect();
     let peak = median(col(0, "matmul_peak_gflops")) * 1e9;

@@ -499,7 +499,7 @@ impl BloomForCausalLM {
     }
 }
 
-impl BloomForCausalLM {
+impl CausalLM for BloomForCausalLM {
     /// The final hidden states, the LM head's input (the last position only under
     /// `last_only`).
     fn hidden_states(
@@ -569,9 +569,7 @@ impl BloomForCausalLM {
             None => Some(self.word_embeddings.shallow_clone()),
         }
     }
-}
 
-impl CausalLM for BloomForCausalLM {
     /// `position_ids` are checked but not used: ALiBi positions come from the attention mask
     /// (as in transformers, where BLOOM takes no position ids).
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
@@ -580,13 +578,6 @@ impl CausalLM for BloomForCausalLM {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.word_embeddings.tr()),
         })
-    }
-
-    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        match self.head_matrix() {
-            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
-            None => Ok(None),
-        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

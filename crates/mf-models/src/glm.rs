@@ -555,7 +555,7 @@ impl GlmForCausalLM {
     }
 }
 
-impl GlmForCausalLM {
+impl CausalLM for GlmForCausalLM {
     /// The final hidden states, the LM head's input (the last position only under
     /// `last_only`).
     fn hidden_states(
@@ -636,22 +636,13 @@ impl GlmForCausalLM {
             None => Some(self.embed_tokens.shallow_clone()),
         }
     }
-}
 
-impl CausalLM for GlmForCausalLM {
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.embed_tokens.tr()),
         })
-    }
-
-    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        match self.head_matrix() {
-            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
-            None => Ok(None),
-        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

@@ -433,7 +433,7 @@ impl GPT2LMHeadModel {
     }
 }
 
-impl GPT2LMHeadModel {
+impl CausalLM for GPT2LMHeadModel {
     /// The final hidden states, the LM head's input (the last position only under
     /// `last_only`).
     fn hidden_states(
@@ -514,9 +514,7 @@ impl GPT2LMHeadModel {
     fn head_matrix(&self) -> Option<Tensor> {
         Some(self.wte.shallow_clone())
     }
-}
 
-impl CausalLM for GPT2LMHeadModel {
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
         if input.last_only {
@@ -525,13 +523,6 @@ impl CausalLM for GPT2LMHeadModel {
             return Ok(x.matmul(&self.head_t.get(&self.wte)));
         }
         Ok(x.matmul(&self.wte.tr()))
-    }
-
-    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        match self.head_matrix() {
-            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
-            None => Ok(None),
-        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

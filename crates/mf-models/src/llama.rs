@@ -824,7 +824,7 @@ impl LlamaForCausalLM {
     }
 }
 
-impl LlamaForCausalLM {
+impl CausalLM for LlamaForCausalLM {
     /// The final hidden states, the LM head's input (the last position only under
     /// `last_only`).
     fn hidden_states(
@@ -905,9 +905,7 @@ impl LlamaForCausalLM {
             None => Some(self.embed_tokens.shallow_clone()),
         }
     }
-}
 
-impl CausalLM for LlamaForCausalLM {
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
         if input.last_only {
@@ -922,13 +920,6 @@ impl CausalLM for LlamaForCausalLM {
             Some(head) => head.forward(&x),
             None => x.matmul(&self.embed_tokens.tr()),
         })
-    }
-
-    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        match self.head_matrix() {
-            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
-            None => Ok(None),
-        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

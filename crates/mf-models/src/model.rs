@@ -54,12 +54,32 @@ pub trait CausalLM: PreTrainedModel {
     fn model_config(&self) -> Option<crate::ModelConfig> {
         None
     }
-    /// The head's input, the final hidden states `[batch, len, hidden]`, with the head as a
-    /// plain `[vocab, hidden]` matrix, for a loss that never materialises the logits; `None`
-    /// where the head is more than a matrix (a bias, a LoRA adapter) or the family offers no
-    /// such split.
-    fn forward_hidden(&self, _input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        Ok(None)
+    /// The final hidden states `[batch, len, hidden]` (after the final norm), the LM head's
+    /// input; the last position only under `last_only`. Families that do not split their
+    /// forward this way keep the default, an error.
+    fn hidden_states(
+        &self,
+        _input: &ForwardInput<'_>,
+        _cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        Err(mf_core::invalid(format!(
+            "the {} model does not expose its hidden states",
+            self.model_type()
+        )))
+    }
+    /// The LM head as a plain `[vocab, hidden]` matrix (a view: gradients reach the weight);
+    /// `None` where the head is more than a matrix (a bias, a LoRA adapter) or the family does
+    /// not offer [`CausalLM::hidden_states`].
+    fn head_matrix(&self) -> Option<Tensor> {
+        None
+    }
+    /// The hidden states with the head matrix, for a loss that never materialises the
+    /// logits; `None` without a [`CausalLM::head_matrix`].
+    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
+        match self.head_matrix() {
+            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
+            None => Ok(None),
+        }
     }
     /// Mean cross-entropy of the prediction at each position against `targets [batch, len]`
     /// (the id expected there, `-100` ignored), through the fused chunked LM-head loss
@@ -68,14 +88,7 @@ pub trait CausalLM: PreTrainedModel {
     fn next_token_loss(&self, input: &ForwardInput<'_>, targets: &Tensor) -> Result<Tensor> {
         let n = crate::layers::lm_loss::counted_targets(targets)?;
         if let Some((h, w)) = self.forward_hidden(input)? {
-            let d = h.size().last().copied().unwrap_or(0);
-            return crate::layers::lm_head_cross_entropy(
-                &h.f_reshape([-1, d])?,
-                &w,
-                &targets.f_reshape([-1])?,
-                n as f64,
-                None,
-            );
+            return crate::layers::lm_head_cross_entropy(&h, &w, targets, n as f64, None);
         }
         crate::task::cross_entropy(&self.forward(input, None)?, targets)
     }

@@ -470,7 +470,7 @@ impl PanguAlphaHeadModel {
     }
 }
 
-impl PanguAlphaHeadModel {
+impl CausalLM for PanguAlphaHeadModel {
     /// The final hidden states, the LM head's input (the last position only under
     /// `last_only`).
     fn hidden_states(
@@ -557,19 +557,10 @@ impl PanguAlphaHeadModel {
     fn head_matrix(&self) -> Option<Tensor> {
         Some(self.word_embedding.shallow_clone())
     }
-}
 
-impl CausalLM for PanguAlphaHeadModel {
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
         Ok(x.matmul(&self.word_embedding.tr()))
-    }
-
-    fn forward_hidden(&self, input: &ForwardInput<'_>) -> Result<Option<(Tensor, Tensor)>> {
-        match self.head_matrix() {
-            Some(w) => Ok(Some((self.hidden_states(input, None)?, w))),
-            None => Ok(None),
-        }
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

@@ -938,10 +938,6 @@ impl RankEngine {
         let w = self.model.head_weight()?;
         // The mean runs over every position of the micro-batch, on every rank alike.
         let total = labels.numel() as f64;
-        let flat = |h: &Tensor| -> Result<Tensor> {
-            let d = h.size().last().copied().unwrap_or(0);
-            Ok(h.f_reshape([-1, d])?)
-        };
         if self.vocab_parallel() {
             let hn = self.comm_in(norm.value())?;
             let max = |t: Tensor| self.tp.run(CommOp::AllReduce(ReduceOp::Max), t);
@@ -954,13 +950,7 @@ impl RankEngine {
                 all_reduce_sum: &sum,
             };
             let loss = Seg::run(&[(&hn, true)], |l| {
-                lm_head_cross_entropy(
-                    &flat(&l[0])?,
-                    &w,
-                    &labels.reshape([-1]),
-                    total,
-                    Some(&shard),
-                )
+                lm_head_cross_entropy(&l[0], &w, labels, total, Some(&shard))
             })?;
             Ok((norm, loss))
         } else {
@@ -972,7 +962,7 @@ impl RankEngine {
                 labels.shallow_clone()
             };
             let loss = Seg::run(&[(&norm.value(), true)], |l| {
-                lm_head_cross_entropy(&flat(&l[0])?, &w, &labels.reshape([-1]), total, None)
+                lm_head_cross_entropy(&l[0], &w, &labels, total, None)
             })?;
             Ok((norm, loss))
         }

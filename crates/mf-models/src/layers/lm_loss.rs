@@ -47,9 +47,10 @@ pub fn counted_targets(targets: &Tensor) -> Result<i64> {
     Ok(targets.f_ne(-100)?.f_sum(Kind::Int64)?.f_int64_value(&[])?)
 }
 
-/// `Σ CE(h · wᵀ, targets) / normalizer` over the rows of `h [rows, hidden]` against
-/// `targets [rows]` (`-100` ignored), with `w [vocab, hidden]` the head. Gradients reach `h`
-/// and `w` when they require them and grad mode is on; the logits exist one chunk at a time.
+/// `Σ CE(h · wᵀ, targets) / normalizer` over the positions of `h [..., hidden]` (any leading
+/// shape: `[batch, len, hidden]` or `[rows, hidden]`) against `targets` of that leading shape
+/// (`-100` ignored), with `w [vocab, hidden]` the head. Gradients reach `h` and `w` when they
+/// require them and grad mode is on; the logits exist one chunk at a time.
 pub fn lm_head_cross_entropy(
     h: &Tensor,
     w: &Tensor,
@@ -57,19 +58,15 @@ pub fn lm_head_cross_entropy(
     normalizer: f64,
     shard: Option<&VocabShard<'_>>,
 ) -> Result<Tensor> {
-    let (rows, hidden) = h.size2().map_err(|_| {
-        invalid(format!(
-            "LM-head loss: hidden states are {:?}, expected [rows, hidden]",
-            h.size()
-        ))
-    })?;
+    let shape = h.size();
     let (vocab, w_hidden) = w.size2().map_err(|_| {
         invalid(format!(
             "LM-head loss: head weight is {:?}, expected [vocab, hidden]",
             w.size()
         ))
     })?;
-    if w_hidden != hidden || targets.size() != [rows] {
+    let hidden = shape.last().copied().unwrap_or(0);
+    if shape.len() < 2 || w_hidden != hidden || targets.size() != shape[..shape.len() - 1] {
         return Err(invalid(format!(
             "LM-head loss: hidden states {:?}, head {:?} and targets {:?} do not match",
             h.size(),
@@ -77,6 +74,9 @@ pub fn lm_head_cross_entropy(
             targets.size()
         )));
     }
+    let rows = targets.numel() as i64;
+    let h = &h.f_reshape([rows, hidden])?;
+    let targets = &targets.f_reshape([rows])?;
     let dev = h.device();
     let targets = targets.f_to_kind(Kind::Int64)?.f_to_device(dev)?;
     let start = shard.map_or(0, |s| s.start);
