@@ -357,7 +357,7 @@ fn bench(args: &[String]) -> Result<()> {
         what,
         Some("generate" | "train" | "parallel" | "encode" | "load")
     ) {
-        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--threads N] | train [--bf16] [--threads N] | parallel | encode [--threads N] | load");
+        bail!("usage: cargo xtask bench generate [--model gpt2|llama] [--bf16] [--kernels libtorch] [--threads N] | train [--bf16] [--threads N] | parallel | encode [--threads N] | load");
     }
     let threads = args
         .windows(2)
@@ -417,8 +417,22 @@ fn bench(args: &[String]) -> Result<()> {
             "GPT-2 small"
         }
     );
+    // `--bf16`: both sides decode in bf16; `--kernels libtorch`: mf without its decode kernels.
+    let dtype = if args.iter().any(|a| a == "--bf16") {
+        "bf16"
+    } else {
+        "f32"
+    };
+    let kernels = args
+        .windows(2)
+        .find(|w| w[0] == "--kernels")
+        .map_or("mf", |w| w[1].as_str());
+    if !matches!(kernels, "mf" | "libtorch") {
+        bail!("--kernels takes `mf` or `libtorch`, not `{kernels}`");
+    }
     println!("{}", bench_header(&threads));
-    println!("32-token prompts, 128 new tokens, greedy, no eos stop, f32; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
+    println!("mindformers-rs small-batch matmuls: {kernels} (mf's need AVX2 and FMA; without them libtorch's run)");
+    println!("32-token prompts, 128 new tokens, greedy, no eos stop, {dtype}; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
     println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s, MB/step) | mf % of limit | mf / HF peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
     for batch in ["1", "8"] {
@@ -433,6 +447,8 @@ fn bench(args: &[String]) -> Result<()> {
             &threads,
             "--repeats",
             "1",
+            "--dtype",
+            dtype,
         ];
         let mut pairs = Vec::new();
         for _ in 0..DECODE_PAIRS {
@@ -440,6 +456,7 @@ fn bench(args: &[String]) -> Result<()> {
                 Command::new(&mf)
                     .arg("bench-generate")
                     .args(common)
+                    .args(["--kernels", kernels])
                     .args(&ours_model),
             )?;
             let theirs = json_line(
@@ -813,7 +830,7 @@ fn bench_header(threads: &str) -> String {
         .lines()
         .find(|l| l.starts_with("flags"))
         .unwrap_or("");
-    let has: Vec<&str> = ["avx512_bf16", "amx_bf16", "avx512f", "avx2"]
+    let has: Vec<&str> = ["avx512_bf16", "amx_bf16", "avx512f", "avx2", "fma"]
         .into_iter()
         .filter(|f| flags.split_whitespace().any(|x| x == *f))
         .collect();

@@ -19,7 +19,7 @@ use tch::{nn, Kind, Tensor};
 use crate::generation::GenerationConfig;
 use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
-    alibi_slopes, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
+    alibi_slopes, attention_mask, linear, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
     LayerNorm, RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::llama::{ids, opt_id};
@@ -576,7 +576,7 @@ impl CausalLM for BloomForCausalLM {
         let x = self.hidden_states(input, cache)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.matmul(&self.word_embeddings.tr()),
+            None => linear(&x, &self.word_embeddings, None, WeightLayout::OutIn),
         })
     }
 

@@ -19,8 +19,8 @@ use tch::{nn, Kind, Tensor};
 use crate::generation::GenerationConfig;
 use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
-    apply_rotary_interleaved, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard,
-    KvCache, RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel,
+    apply_rotary_interleaved, attention_mask, linear, sdpa, AttnMask, ColumnParallelLinear,
+    HeadShard, KvCache, RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel,
     WeightLayout,
 };
 use crate::llama::{ids, opt_id, RopeScalingConfig};
@@ -641,7 +641,7 @@ impl CausalLM for GlmForCausalLM {
         let x = self.hidden_states(input, cache)?;
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.matmul(&self.embed_tokens.tr()),
+            None => linear(&x, &self.embed_tokens, None, WeightLayout::OutIn),
         })
     }
 

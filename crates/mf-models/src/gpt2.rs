@@ -12,8 +12,8 @@ use tch::{nn, Kind, Tensor};
 use crate::generation::GenerationConfig;
 use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
-    attention_mask, sdpa, AttnMask, ColumnParallelLinear, KvCache, LayerNorm, RowParallelLinear,
-    TensorParallel, WeightLayout,
+    attention_mask, linear, sdpa, AttnMask, ColumnParallelLinear, KvCache, LayerNorm,
+    RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::model::{CausalLM, ForwardInput};
 use crate::task::{PreTrainedModel, Task};
@@ -281,8 +281,6 @@ pub struct GPT2LMHeadModel {
     ln_f: LayerNorm,
     act: crate::layers::Activation,
     heads: i64,
-    /// A contiguous `[hidden, vocab]` copy of the tied embedding for the decode-time LM head.
-    head_t: crate::layers::linear::TransposedCache,
 }
 
 impl std::fmt::Debug for GPT2LMHeadModel {
@@ -340,7 +338,6 @@ impl GPT2LMHeadModel {
         Ok(GPT2LMHeadModel {
             act: crate::layers::Activation::from_name(&config.hidden_act)?,
             heads: (config.num_heads / tp.world_size) as i64,
-            head_t: Default::default(),
             config: config.clone(),
             params,
             wte,
@@ -517,12 +514,7 @@ impl CausalLM for GPT2LMHeadModel {
 
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
-        if input.last_only {
-            // One-row GEMMs against a [hidden, vocab] row-major matrix run ~1.6x faster in MKL
-            // than against the transposed [vocab, hidden] embedding (see docs/BENCHMARKS.md).
-            return Ok(x.matmul(&self.head_t.get(&self.wte)));
-        }
-        Ok(x.matmul(&self.wte.tr()))
+        Ok(linear(&x, &self.wte, None, WeightLayout::OutIn))
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

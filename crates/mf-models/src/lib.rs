@@ -6,6 +6,7 @@ pub mod bloom;
 pub mod generation;
 pub mod glm;
 pub mod gpt2;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod lora;

@@ -18,7 +18,7 @@ use tch::{nn, Kind, Tensor};
 use crate::generation::GenerationConfig;
 use crate::layers::params::{prefixed_candidates, Init, ParamBuilder, Params, Vars};
 use crate::layers::{
-    apply_rotary, attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
+    apply_rotary, attention_mask, linear, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache,
     RmsNorm, RopeScaling, RotaryEmbedding, RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::model::{CausalLM, ForwardInput};
@@ -651,7 +651,6 @@ pub struct LlamaForCausalLM {
     norm: RmsNorm,
     /// `None` when tied to `embed_tokens`.
     lm_head: Option<ColumnParallelLinear>,
-    head_t: crate::layers::linear::TransposedCache,
     rope: RotaryEmbedding,
     heads: HeadShard,
     head_dim: i64,
@@ -741,7 +740,6 @@ impl LlamaForCausalLM {
             layers,
             norm,
             lm_head,
-            head_t: Default::default(),
         })
     }
 
@@ -908,17 +906,9 @@ impl CausalLM for LlamaForCausalLM {
 
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
-        if input.last_only {
-            // Decoding runs under no_grad: the cached contiguous head is the faster GEMV.
-            let w = match &self.lm_head {
-                Some(head) => crate::lora::LoraHost::weight(head),
-                None => &self.embed_tokens,
-            };
-            return Ok(x.matmul(&self.head_t.get(w)));
-        }
         Ok(match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.matmul(&self.embed_tokens.tr()),
+            None => linear(&x, &self.embed_tokens, None, WeightLayout::OutIn),
         })
     }
 

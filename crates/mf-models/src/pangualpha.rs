@@ -23,7 +23,7 @@ use tch::{nn, Kind, Tensor};
 use crate::generation::GenerationConfig;
 use crate::layers::params::{Init, ParamBuilder, Params, Vars};
 use crate::layers::{
-    attention_mask, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache, LayerNorm,
+    attention_mask, linear, sdpa, AttnMask, ColumnParallelLinear, HeadShard, KvCache, LayerNorm,
     RowParallelLinear, TensorParallel, WeightLayout,
 };
 use crate::llama::{ids, opt_id};
@@ -560,7 +560,7 @@ impl CausalLM for PanguAlphaHeadModel {
 
     fn forward(&self, input: &ForwardInput<'_>, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden_states(input, cache)?;
-        Ok(x.matmul(&self.word_embedding.tr()))
+        Ok(linear(&x, &self.word_embedding, None, WeightLayout::OutIn))
     }
 
     fn new_cache(&self, capacity: usize) -> KvCache {

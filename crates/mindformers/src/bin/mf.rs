@@ -320,6 +320,10 @@ enum Cmd {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Small-batch matrix products: `mf` (this project's decode kernels where the CPU has
+        /// AVX2/FMA) or `libtorch` (always libtorch's GEMM).
+        #[arg(long, default_value = "mf")]
+        kernels: String,
     },
 }
 
@@ -744,9 +748,15 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             dtype,
             device,
+            kernels,
         } => {
             if let Some(t) = threads {
                 tch::set_num_threads(t);
+            }
+            match kernels.as_str() {
+                "mf" => {}
+                "libtorch" => mindformers::models::kernels::set_enabled(false),
+                other => bail!("--kernels takes `mf` or `libtorch`, not `{other}`"),
             }
             let device: Device = device.parse()?;
             let cfg = AutoConfig::from_pretrained_with(&preset, &parse_sets(&sets)?)?;
