@@ -647,9 +647,14 @@ fn prepare(root: &Path) -> Result<()> {
     }
     let manifest = src.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)?;
-    let pinned = text.replace("\ntch = \"0.26\"\n", &format!("\ntch = \"{DEVICE_TCH}\"\n"));
-    if pinned == text {
-        bail!("Cargo.toml has no `tch = \"0.26\"` line to pin to {DEVICE_TCH}");
+    // torch-sys is tch's own binding crate: both move together.
+    let mut pinned = text.clone();
+    for krate in ["tch", "torch-sys"] {
+        let from = format!("\n{krate} = \"0.26\"\n");
+        if !pinned.contains(&from) {
+            bail!("Cargo.toml has no `{krate} = \"0.26\"` line to pin to {DEVICE_TCH}");
+        }
+        pinned = pinned.replace(&from, &format!("\n{krate} = \"{DEVICE_TCH}\"\n"));
     }
     std::fs::write(&manifest, pinned)?;
     let target = base.join("target");
