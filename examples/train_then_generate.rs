@@ -1,7 +1,7 @@
 //! The demo: train a small GPT-2 from scratch on the shipped counting corpus with the Trainer,
 //! save a checkpoint, then generate from it with `pipeline("text_generation")`.
 //!
-//! `MF_DEMO_MAX_STEPS` (default 320), `MF_DEMO_SEED` (default 0) and `MF_DEMO_OUTPUT` (default
+//! `MF_DEMO_MAX_STEPS` (default 480), `MF_DEMO_SEED` (default 0) and `MF_DEMO_OUTPUT` (default
 //! `target/demo/train`) adjust it. It ends by saying whether the model's two answers go on
 //! counting.
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ fn main() -> mindformers::Result<()> {
     let steps: usize = std::env::var("MF_DEMO_MAX_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(320);
+        .unwrap_or(480);
     let seed: u64 = std::env::var("MF_DEMO_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
