@@ -105,15 +105,7 @@ fn bf16_inference_runs_close_to_f32() {
     assert!(d <= 0.05 * scale, "bf16 diff {d} vs scale {scale}");
     // One token at a time goes through the decode kernels (bf16 weights widened to f32 in
     // registers) where the CPU has AVX2: as close to f32 as the full pass.
-    let mut cache = model.new_cache(ids.size()[1] as usize);
-    let steps: Vec<Tensor> = (0..ids.size()[1])
-        .map(|i| {
-            model
-                .forward(&ForwardInput::ids(&ids.narrow(1, i, 1)), Some(&mut cache))
-                .unwrap()
-        })
-        .collect();
-    let stepped = Tensor::cat(&steps, 1);
+    let stepped = common::parity::token_by_token_logits(&model, &ids);
     assert_eq!(stepped.kind(), Kind::BFloat16);
     let ds = max_abs_diff(&stepped, &want);
     println!("bf16 max abs diff from f32: full pass {d:.4}, decode steps {ds:.4} (logit scale {scale:.2})");

@@ -279,16 +279,7 @@ fn bf16_inference_runs_close_to_f32() {
         let d = max_abs_diff(&got, &want);
         assert!(d <= 0.05 * scale, "{name}: bf16 diff {d} vs scale {scale}");
         // Token by token: the decode kernels' bf16 path where the CPU has AVX2.
-        let _g = tch::no_grad_guard();
-        let mut cache = model.new_cache(ids.size()[1] as usize);
-        let steps: Vec<Tensor> = (0..ids.size()[1])
-            .map(|i| {
-                model
-                    .forward(&ForwardInput::ids(&ids.narrow(1, i, 1)), Some(&mut cache))
-                    .unwrap()
-            })
-            .collect();
-        let ds = max_abs_diff(&Tensor::cat(&steps, 1), &want);
+        let ds = max_abs_diff(&common::parity::token_by_token_logits(&model, &ids), &want);
         println!("{name}: bf16 max abs diff from f32: full pass {d:.3}, decode steps {ds:.3} (logit scale {scale:.1})");
         assert!(
             ds <= 0.05 * scale,

@@ -62,6 +62,20 @@ pub fn logits(model: &dyn CausalLM, ids: &Tensor) -> Tensor {
     model.forward(&ForwardInput::ids(ids), None).unwrap()
 }
 
+/// Logits of `ids` fed one token at a time through a fresh KV cache (the decode path).
+pub fn token_by_token_logits(model: &dyn CausalLM, ids: &Tensor) -> Tensor {
+    let _g = tch::no_grad_guard();
+    let mut cache = model.new_cache(ids.size()[1] as usize);
+    let steps: Vec<Tensor> = (0..ids.size()[1])
+        .map(|i| {
+            model
+                .forward(&ForwardInput::ids(&ids.narrow(1, i, 1)), Some(&mut cache))
+                .unwrap()
+        })
+        .collect();
+    Tensor::cat(&steps, 1)
+}
+
 /// Whole-sequence logits.
 pub fn single_logits(model: &dyn CausalLM, fx: &Fixture) {
     let got = logits(model, &fx.get("single_input_ids"));
