@@ -3,10 +3,16 @@
 //!   (`layers::lm_loss`) against full logits + libtorch's cross-entropy + autograd.
 //! - One decode step of attention over a KV cache (append one position, fused attention over
 //!   the history): GPT-2 small's 12 heads of 64, batch 1 and 8.
+//! - The linears of one decode step, far beyond the caches: the ~125M LLaMA of `cargo xtask
+//!   bench generate --model llama` (`[out, in]`, 400 MB f32) and GPT-2 small's blocks (`[in,
+//!   out]`, 340 MB), batch 1 and 8: the decode kernels in each instruction set the CPU has
+//!   against libtorch's GEMM, in bytes of weight read per second, beside a 1 GiB `sum` (the
+//!   read-bandwidth probe `mf bench-generate` divides by).
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mf_models::layers::{lm_head_cross_entropy, sdpa, AttnMask, KvCache};
+use mf_models::kernels;
+use mf_models::layers::{lm_head_cross_entropy, sdpa, AttnMask, KvCache, WeightLayout};
 use tch::{Device, Kind, Tensor};
 
 fn lm_head_loss(c: &mut Criterion) {
@@ -73,5 +79,93 @@ fn kv_attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lm_head_loss, kv_attention);
+/// The weights of one decode step: `(name, layout, weights)`, ~400-500 MB of f32 each.
+fn decode_weights() -> Vec<(&'static str, WeightLayout, Vec<Tensor>)> {
+    let opts = (Kind::Float, Device::Cpu);
+    let stack = |layer: &[(i64, i64)], head: [i64; 2]| {
+        let mut w: Vec<Tensor> = (0..12)
+            .flat_map(|_| layer.iter().map(|&(a, b)| Tensor::randn([a, b], opts)))
+            .collect();
+        w.push(Tensor::randn(head, opts));
+        w
+    };
+    // LLaMA ~125M: nn.Linear [out, in] (q, k, v, o, gate, up, down), untied head.
+    let llama = [
+        (768, 768),
+        (256, 768),
+        (256, 768),
+        (768, 768),
+        (2048, 768),
+        (2048, 768),
+        (768, 2048),
+    ];
+    // GPT-2 small: Conv1D [in, out] (c_attn, c_proj, c_fc, mlp c_proj); its tied head is
+    // [out, in] and is left out so the group measures one layout.
+    let gpt2 = [(768, 2304), (768, 768), (768, 3072), (3072, 768)];
+    vec![
+        (
+            "LLaMA ~125M [out, in]",
+            WeightLayout::OutIn,
+            stack(&llama, [32000, 768]),
+        ),
+        ("GPT-2 small blocks [in, out]", WeightLayout::InOut, {
+            let mut w = stack(&gpt2, [1, 1]);
+            w.pop();
+            w
+        }),
+    ]
+}
+
+fn decode_linears(c: &mut Criterion) {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let opts = (Kind::Float, Device::Cpu);
+    for (name, layout, weights) in decode_weights() {
+        let bytes: u64 = weights.iter().map(|w| 4 * w.numel() as u64).sum();
+        let inner = |w: &Tensor| match layout {
+            WeightLayout::OutIn => w.size()[1],
+            WeightLayout::InOut => w.size()[0],
+        };
+        for batch in [1, 8] {
+            let xs: Vec<Tensor> = weights
+                .iter()
+                .map(|w| Tensor::randn([batch, inner(w)], opts))
+                .collect();
+            let mut g = c.benchmark_group(format!("decode linears, {name}, batch {batch}, f32"));
+            g.sample_size(20);
+            g.throughput(criterion::Throughput::Bytes(bytes));
+            for simd in kernels::Simd::supported() {
+                g.bench_function(format!("mf decode kernels, {}", simd.name()), |b| {
+                    b.iter(|| {
+                        for (x, w) in xs.iter().zip(&weights) {
+                            let y = kernels::small_batch_linear_with(simd, x, w, None, layout);
+                            let _ = black_box(y.expect("the kernels apply"));
+                        }
+                    })
+                });
+            }
+            g.bench_function("libtorch", |b| {
+                b.iter(|| {
+                    for (x, w) in xs.iter().zip(&weights) {
+                        let _ = black_box(match layout {
+                            WeightLayout::OutIn => x.mm(&w.tr()),
+                            WeightLayout::InOut => x.mm(w),
+                        });
+                    }
+                })
+            });
+            g.finish();
+        }
+    }
+    let big = Tensor::ones([1 << 28], opts);
+    let mut g = c.benchmark_group("read bandwidth");
+    g.sample_size(20);
+    g.throughput(criterion::Throughput::Bytes(4 << 28));
+    g.bench_function("1 GiB sum (the probe of mf bench-generate)", |b| {
+        b.iter(|| black_box(big.sum(Kind::Float)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, lm_head_loss, kv_attention, decode_linears);
 criterion_main!(benches);

@@ -7,11 +7,11 @@
 //! "Decode profile"). These kernels split the weight's rows over libtorch's OpenMP threads ([`pool`]) and load
 //! each weight vector once for all rows of `x`; bf16 weights are widened in registers, so a
 //! bf16 model reads half the bytes with f32 arithmetic. They run only where no gradient is
-//! needed, on x86-64 CPUs with AVX2 and FMA (detected at run time); everything else goes to
-//! libtorch.
-#[cfg(target_arch = "x86_64")]
-mod avx2;
+//! needed, on x86-64 CPUs with AVX2 and FMA, in AVX-512 where the CPU has it (detected at run
+//! time); everything else goes to libtorch.
 pub mod pool;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 use crate::layers::WeightLayout;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,17 +39,58 @@ pub fn available() -> bool {
     ENABLED.load(Ordering::SeqCst) && cpu_supported()
 }
 
-/// Whether this CPU has the instructions the kernels use (AVX2 and FMA).
+/// The instruction set the kernels run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// AVX2 and FMA, 256-bit registers.
+    Avx2,
+    /// AVX-512F, 512-bit registers.
+    Avx512,
+}
+
+impl Simd {
+    /// The instruction sets this CPU can run the kernels with, in order of preference last.
+    pub fn supported() -> Vec<Simd> {
+        [Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|s| s.on_this_cpu())
+            .collect()
+    }
+
+    fn on_this_cpu(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Simd::Avx2 => avx2,
+                Simd::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// The lowercase name (`avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The instruction set the kernels use on this CPU (the widest it has), or `None` where it
+/// lacks AVX2/FMA.
+pub fn best_simd() -> Option<Simd> {
+    static BEST: std::sync::OnceLock<Option<Simd>> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| Simd::supported().last().copied())
+}
+
+/// Whether this CPU has the instructions the kernels need (at least AVX2 and FMA).
 pub fn cpu_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    best_simd().is_some()
 }
 
 /// Whether autograd records operations on this thread. tch keeps the flag private; setting
@@ -72,7 +113,22 @@ pub fn small_batch_linear(
     b: Option<&Tensor>,
     layout: WeightLayout,
 ) -> Option<Tensor> {
-    if !available() {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    small_batch_linear_with(best_simd()?, x, w, b, layout)
+}
+
+/// [`small_batch_linear`] with a chosen instruction set (tests and benchmarks compare them);
+/// `None` also where this CPU lacks `simd`.
+pub fn small_batch_linear_with(
+    simd: Simd,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: WeightLayout,
+) -> Option<Tensor> {
+    if best_simd().is_none_or(|best| simd > best) {
         return None;
     }
     let kind = w.kind();
@@ -107,11 +163,13 @@ pub fn small_batch_linear(
     if params_need_grad && grad_mode() {
         return None;
     }
-    product(x, w, b, layout, m, k, n)
+    product(simd, x, w, b, layout, m, k, n)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 fn product(
+    _: Simd,
     _: &Tensor,
     _: &Tensor,
     _: Option<&Tensor>,
@@ -128,7 +186,9 @@ fn product(
 struct Addr(usize);
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn product(
+    simd: Simd,
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -147,7 +207,7 @@ fn product(
         // SAFETY: a contiguous CPU tensor of `n` elements of the matched dtype.
         Kind::BFloat16 => unsafe { std::slice::from_raw_parts(b.data_ptr() as *const u16, n) }
             .iter()
-            .map(|v| avx2::Elem::to_f32(*v))
+            .map(|v| simd::Elem::to_f32(*v))
             .collect(),
         _ => unsafe { std::slice::from_raw_parts(b.data_ptr() as *const f32, n) }.to_vec(),
     });
@@ -163,13 +223,14 @@ fn product(
         Addr(out.data_ptr() as usize),
     );
     // SAFETY: the shapes were checked against `m`, `k`, `n`; every pointer is a live,
-    // contiguous CPU buffer for the duration of `pool.run`; AVX2/FMA were detected.
+    // contiguous CPU buffer for the duration of `pool.run`; `simd` is on this CPU.
+    let shape = Shape { m, k, n, parts };
     unsafe {
         match (layout, w.kind()) {
-            (WeightLayout::OutIn, Kind::BFloat16) => out_in::<u16>(xp, wp, yp, m, k, n, parts),
-            (WeightLayout::OutIn, _) => out_in::<f32>(xp, wp, yp, m, k, n, parts),
-            (WeightLayout::InOut, Kind::BFloat16) => in_out::<u16>(xp, wp, yp, m, k, n, parts),
-            (WeightLayout::InOut, _) => in_out::<f32>(xp, wp, yp, m, k, n, parts),
+            (WeightLayout::OutIn, Kind::BFloat16) => out_in::<u16>(simd, xp, wp, yp, shape),
+            (WeightLayout::OutIn, _) => out_in::<f32>(simd, xp, wp, yp, shape),
+            (WeightLayout::InOut, Kind::BFloat16) => in_out::<u16>(simd, xp, wp, yp, shape),
+            (WeightLayout::InOut, _) => in_out::<f32>(simd, xp, wp, yp, shape),
         }
     }
     if let Some(bias) = bias {
@@ -208,19 +269,21 @@ macro_rules! by_rows {
     };
 }
 
-/// `W [n, k]`: each part computes a disjoint range of outputs.
+/// The sizes of one product: `x [m, k]`, `n` outputs, over `parts` threads.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn out_in<W: avx2::Elem>(
-    x: Addr,
-    w: Addr,
-    y: Addr,
+#[derive(Clone, Copy)]
+struct Shape {
     m: usize,
     k: usize,
     n: usize,
     parts: usize,
-) {
-    use avx2::dot_rows;
+}
+
+/// `W [n, k]`: each part computes a disjoint range of outputs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn out_in<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape) {
+    use simd::{dot_rows_avx2, dot_rows_avx512};
+    let Shape { m, k, n, parts } = s;
     // Outputs are claimed in chunks, so a thread that started late or streams slower takes
     // fewer: a static split left the caller waiting in the barrier for ~10% of a decode step.
     // Each output is still one dot product in a fixed order, so results do not depend on
@@ -239,15 +302,24 @@ unsafe fn out_in<W: avx2::Elem>(
         }
         let rows = c * size..((c + 1) * size).min(n);
         let (x, w, y) = (x.0 as *const f32, w.0 as *const W, y.0 as *mut f32);
-        // Weight rows per pass so that M·R accumulators fill the FMA pipes without spilling.
+        // Registers along the weight row per input row, so that M·U accumulators hide the
+        // FMA latency without spilling.
         // SAFETY: as in `product`; chunks are disjoint output ranges.
+        macro_rules! dot {
+            ($f:ident) => {
+                match m {
+                    1 => $f::<W, 1, 4>(x, k, w, rows, y, n),
+                    2 => $f::<W, 2, 2>(x, k, w, rows, y, n),
+                    3 => $f::<W, 3, 2>(x, k, w, rows, y, n),
+                    4 => $f::<W, 4, 2>(x, k, w, rows, y, n),
+                    _ => by_rows!(m, $f::<W, 1>(x, k, w, rows, y, n)),
+                }
+            };
+        }
         unsafe {
-            match m {
-                1 => dot_rows::<W, 1, 4>(x, k, w, rows, y, n),
-                2 => dot_rows::<W, 2, 2>(x, k, w, rows, y, n),
-                3 => dot_rows::<W, 3, 2>(x, k, w, rows, y, n),
-                4 => dot_rows::<W, 4, 2>(x, k, w, rows, y, n),
-                _ => by_rows!(m, dot_rows::<W, 1>(x, k, w, rows, y, n)),
+            match simd {
+                Simd::Avx2 => dot!(dot_rows_avx2),
+                Simd::Avx512 => dot!(dot_rows_avx512),
             }
         }
     });
@@ -256,17 +328,9 @@ unsafe fn out_in<W: avx2::Elem>(
 /// `W [k, n]`: each part sums a range of input rows into its own partial output; the caller's
 /// thread adds the partials.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn in_out<W: avx2::Elem>(
-    x: Addr,
-    w: Addr,
-    y: Addr,
-    m: usize,
-    k: usize,
-    n: usize,
-    parts: usize,
-) {
-    use avx2::axpy_rows;
+unsafe fn in_out<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape) {
+    use simd::{axpy_rows_avx2, axpy_rows_avx512};
+    let Shape { m, k, n, parts } = s;
     let mut partials = vec![0f32; (parts - 1) * m * n];
     let scratch = Addr(partials.as_mut_ptr() as usize);
     pool::run(parts, &|t| {
@@ -278,7 +342,12 @@ unsafe fn in_out<W: avx2::Elem>(
         };
         let (x, w) = (x.0 as *const f32, w.0 as *const W);
         // SAFETY: as in `product`; each part writes only its own buffer.
-        unsafe { by_rows!(m, axpy_rows::<W>(x, k, w, n, rows, part)) }
+        unsafe {
+            match simd {
+                Simd::Avx2 => by_rows!(m, axpy_rows_avx2::<W>(x, k, w, n, rows, part)),
+                Simd::Avx512 => by_rows!(m, axpy_rows_avx512::<W>(x, k, w, n, rows, part)),
+            }
+        }
     });
     // SAFETY: `y` is the [m, n] output, zeroed and written by part 0 only.
     let out = unsafe { std::slice::from_raw_parts_mut(y.0 as *mut f32, m * n) };
@@ -311,34 +380,36 @@ mod tests {
         }
         tch::manual_seed(0);
         // Odd sizes exercise the tails; 1031 x 300 f32 is over PARALLEL_BYTES (split path).
-        for (k, n) in [(13, 7), (64, 36), (300, 1031)] {
-            for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
-                for kind in [Kind::Float, Kind::BFloat16] {
-                    let dims = match layout {
-                        WeightLayout::InOut => [k, n],
-                        WeightLayout::OutIn => [n, k],
-                    };
-                    let w = Tensor::randn(dims, (Kind::Float, Device::Cpu)).to_kind(kind);
-                    let b = Tensor::randn([n], (Kind::Float, Device::Cpu)).to_kind(kind);
-                    for m in 1..=MAX_ROWS as i64 {
-                        let x = Tensor::randn([m, k], (Kind::Float, Device::Cpu)).to_kind(kind);
-                        for bias in [None, Some(&b)] {
-                            let got = small_batch_linear(&x, &w, bias, layout)
-                                .expect("the kernel applies");
-                            assert_eq!(got.size(), [m, n]);
-                            assert_eq!(got.kind(), kind);
-                            let want = reference(&x, &w, bias, layout);
-                            let err = (got.to_kind(Kind::Float) - &want)
-                                .abs()
-                                .max()
-                                .double_value(&[]);
-                            // f32: summation order only; bf16: the output's rounding.
-                            let scale = want.abs().max().double_value(&[]).max(1.0);
-                            let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
-                            assert!(
-                                err <= tol * scale,
-                                "k {k} n {n} m {m} {layout:?} {kind:?}: {err}"
-                            );
+        for simd in Simd::supported() {
+            for (k, n) in [(13, 7), (64, 36), (300, 1031)] {
+                for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+                    for kind in [Kind::Float, Kind::BFloat16] {
+                        let dims = match layout {
+                            WeightLayout::InOut => [k, n],
+                            WeightLayout::OutIn => [n, k],
+                        };
+                        let w = Tensor::randn(dims, (Kind::Float, Device::Cpu)).to_kind(kind);
+                        let b = Tensor::randn([n], (Kind::Float, Device::Cpu)).to_kind(kind);
+                        for m in 1..=MAX_ROWS as i64 {
+                            let x = Tensor::randn([m, k], (Kind::Float, Device::Cpu)).to_kind(kind);
+                            for bias in [None, Some(&b)] {
+                                let got = small_batch_linear_with(simd, &x, &w, bias, layout)
+                                    .expect("the kernel applies");
+                                assert_eq!(got.size(), [m, n]);
+                                assert_eq!(got.kind(), kind);
+                                let want = reference(&x, &w, bias, layout);
+                                let err = (got.to_kind(Kind::Float) - &want)
+                                    .abs()
+                                    .max()
+                                    .double_value(&[]);
+                                // f32: summation order only; bf16: the output's rounding.
+                                let scale = want.abs().max().double_value(&[]).max(1.0);
+                                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+                                assert!(
+                                    err <= tol * scale,
+                                    "{simd:?} k {k} n {n} m {m} {layout:?} {kind:?}: {err}"
+                                );
+                            }
                         }
                     }
                 }
