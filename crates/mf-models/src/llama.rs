@@ -799,9 +799,11 @@ impl LlamaForCausalLM {
         let (nq, nkv) = (self.heads.q_heads as i64, self.heads.kv_heads as i64);
         let h = l.input_layernorm.forward(x);
         let split = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2);
-        let q = apply_rotary(&split(l.q_proj.forward_t(&h, train), nq), cos, sin);
-        let k = apply_rotary(&split(l.k_proj.forward_t(&h, train), nkv), cos, sin);
-        let v = split(l.v_proj.forward_t(&h, train), nkv);
+        let [q, k, v] =
+            ColumnParallelLinear::forward_many([&l.q_proj, &l.k_proj, &l.v_proj], &h, train);
+        let q = apply_rotary(&split(q, nq), cos, sin);
+        let k = apply_rotary(&split(k, nkv), cos, sin);
+        let v = split(v, nkv);
         let (k, v) = match cache {
             Some(c) => c.append(i, &k, &v)?,
             None => (k, v),
@@ -816,8 +818,8 @@ impl LlamaForCausalLM {
             .reshape([b, t, nq * hd]);
         let x = x + l.o_proj.forward_t(&attn, train);
         let h = l.post_attention_layernorm.forward(&x);
-        let m =
-            self.act.forward(&l.gate_proj.forward_t(&h, train)) * l.up_proj.forward_t(&h, train);
+        let [gate, up] = ColumnParallelLinear::forward_many([&l.gate_proj, &l.up_proj], &h, train);
+        let m = self.act.forward(&gate) * up;
         Ok(x + l.down_proj.forward_t(&m, train))
     }
 }

@@ -8,7 +8,9 @@
 //! each weight vector once for all rows of `x`; bf16 weights are widened in registers, so a
 //! bf16 model reads half the bytes with f32 arithmetic. They run only where no gradient is
 //! needed, on x86-64 CPUs with AVX2 and FMA, in AVX-512 where the CPU has it (detected at run
-//! time); everything else goes to libtorch.
+//! time); everything else goes to libtorch. [`elementwise`] has the step's small operations
+//! (RMSNorm, rotary embedding), whose cost at this size is libtorch's dispatch.
+pub mod elementwise;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod simd;
@@ -113,10 +115,21 @@ pub fn small_batch_linear(
     b: Option<&Tensor>,
     layout: WeightLayout,
 ) -> Option<Tensor> {
+    small_batch_linears(x, &[(w, b)], layout)?.pop()
+}
+
+/// [`small_batch_linear`] for several weights that share the input `x` (q/k/v, gate/up), all
+/// in one parallel region: one fork/join and one tail wait instead of one per weight. `None`
+/// unless the kernels apply to every weight.
+pub fn small_batch_linears(
+    x: &Tensor,
+    ws: &[(&Tensor, Option<&Tensor>)],
+    layout: WeightLayout,
+) -> Option<Vec<Tensor>> {
     if !ENABLED.load(Ordering::Relaxed) {
         return None;
     }
-    small_batch_linear_with(best_simd()?, x, w, b, layout)
+    small_batch_linears_with(best_simd()?, x, ws, layout)
 }
 
 /// [`small_batch_linear`] with a chosen instruction set (tests and benchmarks compare them);
@@ -128,56 +141,70 @@ pub fn small_batch_linear_with(
     b: Option<&Tensor>,
     layout: WeightLayout,
 ) -> Option<Tensor> {
-    if best_simd().is_none_or(|best| simd > best) {
+    small_batch_linears_with(simd, x, &[(w, b)], layout)?.pop()
+}
+
+/// [`small_batch_linears`] with a chosen instruction set.
+pub fn small_batch_linears_with(
+    simd: Simd,
+    x: &Tensor,
+    ws: &[(&Tensor, Option<&Tensor>)],
+    layout: WeightLayout,
+) -> Option<Vec<Tensor>> {
+    if best_simd().is_none_or(|best| simd > best) || ws.is_empty() {
         return None;
     }
-    let kind = w.kind();
+    let kind = x.kind();
     if !matches!(kind, Kind::Float | Kind::BFloat16)
-        || x.kind() != kind
         || x.device() != Device::Cpu
-        || w.device() != Device::Cpu
         || x.dim() != 2
-        || w.dim() != 2
-        || !w.is_contiguous()
+        || x.requires_grad()
     {
         return None;
     }
-    let m = x.size()[0] as usize;
-    let (k, n) = match (layout, w.size().as_slice()) {
-        (WeightLayout::InOut, &[k, n]) => (k as usize, n as usize),
-        (WeightLayout::OutIn, &[n, k]) => (k as usize, n as usize),
-        _ => return None,
-    };
-    if m == 0 || m > MAX_ROWS || x.size()[1] as usize != k || k == 0 || n == 0 {
+    let (m, k) = (x.size()[0] as usize, x.size()[1] as usize);
+    if m == 0 || m > MAX_ROWS || k == 0 {
         return None;
     }
-    if let Some(b) = b {
-        if b.kind() != kind || b.device() != Device::Cpu || b.numel() != n || !b.is_contiguous() {
+    let mut ns = Vec::with_capacity(ws.len());
+    let mut params_need_grad = false;
+    for &(w, b) in ws {
+        if w.kind() != kind || w.device() != Device::Cpu || w.dim() != 2 || !w.is_contiguous() {
             return None;
         }
+        let (wk, n) = match (layout, w.size().as_slice()) {
+            (WeightLayout::InOut, &[k, n]) => (k as usize, n as usize),
+            (WeightLayout::OutIn, &[n, k]) => (k as usize, n as usize),
+            _ => return None,
+        };
+        if wk != k || n == 0 {
+            return None;
+        }
+        if let Some(b) = b {
+            if b.kind() != kind || b.device() != Device::Cpu || b.numel() != n || !b.is_contiguous()
+            {
+                return None;
+            }
+        }
+        params_need_grad |= w.requires_grad() || b.is_some_and(|b| b.requires_grad());
+        ns.push(n);
     }
-    if x.requires_grad() {
-        return None;
-    }
-    let params_need_grad = w.requires_grad() || b.is_some_and(|b| b.requires_grad());
     if params_need_grad && grad_mode() {
         return None;
     }
-    product(simd, x, w, b, layout, m, k, n)
+    product(simd, x, ws, layout, m, k, &ns)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 fn product(
     _: Simd,
     _: &Tensor,
-    _: &Tensor,
-    _: Option<&Tensor>,
+    _: &[(&Tensor, Option<&Tensor>)],
     _: WeightLayout,
     _: usize,
     _: usize,
-    _: usize,
-) -> Option<Tensor> {
+    _: &[usize],
+) -> Option<Vec<Tensor>> {
     None
 }
 
@@ -185,66 +212,87 @@ fn product(
 #[derive(Clone, Copy)]
 struct Addr(usize);
 
+/// One weight of a product: its data, its `[m, n]` f32 output, its output count.
+#[derive(Clone, Copy)]
+struct Job {
+    w: Addr,
+    y: Addr,
+    n: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 fn product(
     simd: Simd,
     x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
+    ws: &[(&Tensor, Option<&Tensor>)],
     layout: WeightLayout,
     m: usize,
     k: usize,
-    n: usize,
-) -> Option<Tensor> {
-    let xf = if x.kind() == Kind::Float && x.is_contiguous() {
+    ns: &[usize],
+) -> Option<Vec<Tensor>> {
+    let kind = x.kind();
+    let xf = if kind == Kind::Float && x.is_contiguous() {
         x.shallow_clone()
     } else {
         x.f_to_kind(Kind::Float).ok()?.f_contiguous().ok()?
     };
-    let out = Tensor::f_zeros([m as i64, n as i64], (Kind::Float, Device::Cpu)).ok()?;
-    let bias: Option<Vec<f32>> = b.map(|b| match b.kind() {
-        // SAFETY: a contiguous CPU tensor of `n` elements of the matched dtype.
-        Kind::BFloat16 => unsafe { std::slice::from_raw_parts(b.data_ptr() as *const u16, n) }
-            .iter()
-            .map(|v| simd::Elem::to_f32(*v))
-            .collect(),
-        _ => unsafe { std::slice::from_raw_parts(b.data_ptr() as *const f32, n) }.to_vec(),
-    });
-    let bytes = k * n * w.kind().elt_size_in_bytes();
+    // `[in, out]` parts accumulate into their output, so it starts at zero; `[out, in]`
+    // writes every element once.
+    let outs = ns
+        .iter()
+        .map(|&n| {
+            let dims = [m as i64, n as i64];
+            match layout {
+                WeightLayout::InOut => Tensor::f_zeros(dims, (Kind::Float, Device::Cpu)),
+                WeightLayout::OutIn => Tensor::f_empty(dims, (Kind::Float, Device::Cpu)),
+            }
+            .ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let jobs: Vec<Job> = ws
+        .iter()
+        .zip(&outs)
+        .zip(ns)
+        .map(|((&(w, _), y), &n)| Job {
+            w: Addr(w.data_ptr() as usize),
+            y: Addr(y.data_ptr() as usize),
+            n,
+        })
+        .collect();
+    let bytes = k * ns.iter().sum::<usize>() * kind.elt_size_in_bytes();
     let parts = if bytes < PARALLEL_BYTES {
         1
     } else {
         pool::threads()
     };
-    let (xp, wp, yp) = (
-        Addr(xf.data_ptr() as usize),
-        Addr(w.data_ptr() as usize),
-        Addr(out.data_ptr() as usize),
-    );
-    // SAFETY: the shapes were checked against `m`, `k`, `n`; every pointer is a live,
+    let xp = Addr(xf.data_ptr() as usize);
+    let shape = Shape { m, k, parts };
+    // SAFETY: the shapes were checked against `m`, `k` and each `n`; every pointer is a live,
     // contiguous CPU buffer for the duration of `pool.run`; `simd` is on this CPU.
-    let shape = Shape { m, k, n, parts };
     unsafe {
-        match (layout, w.kind()) {
-            (WeightLayout::OutIn, Kind::BFloat16) => out_in::<u16>(simd, xp, wp, yp, shape),
-            (WeightLayout::OutIn, _) => out_in::<f32>(simd, xp, wp, yp, shape),
-            (WeightLayout::InOut, Kind::BFloat16) => in_out::<u16>(simd, xp, wp, yp, shape),
-            (WeightLayout::InOut, _) => in_out::<f32>(simd, xp, wp, yp, shape),
+        match (layout, kind) {
+            (WeightLayout::OutIn, Kind::BFloat16) => out_in::<u16>(simd, xp, &jobs, shape),
+            (WeightLayout::OutIn, _) => out_in::<f32>(simd, xp, &jobs, shape),
+            (WeightLayout::InOut, Kind::BFloat16) => in_out::<u16>(simd, xp, &jobs, shape),
+            (WeightLayout::InOut, _) => in_out::<f32>(simd, xp, &jobs, shape),
         }
     }
-    if let Some(bias) = bias {
-        // SAFETY: `out` is a contiguous [m, n] f32 buffer that nothing else references.
-        let y = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, m * n) };
-        for row in y.chunks_mut(n) {
-            row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
-        }
-    }
-    if w.kind() == Kind::Float {
-        Some(out)
-    } else {
-        out.f_to_kind(w.kind()).ok()
-    }
+    ws.iter()
+        .zip(outs)
+        .map(|(&(_, b), mut out)| {
+            let out = match b {
+                // One libtorch add per biased weight: reading the bias in place.
+                Some(b) if kind == Kind::Float => out.f_add_(b).ok()?,
+                Some(b) => out.f_add_(&b.f_to_kind(Kind::Float).ok()?).ok()?,
+                None => out,
+            };
+            if kind == Kind::Float {
+                Some(out)
+            } else {
+                out.f_to_kind(kind).ok()
+            }
+        })
+        .collect()
 }
 
 /// Part `t` of `parts` of `0..total`, in multiples of `align`.
@@ -269,42 +317,49 @@ macro_rules! by_rows {
     };
 }
 
-/// The sizes of one product: `x [m, k]`, `n` outputs, over `parts` threads.
+/// The sizes shared by the weights of one product: `x [m, k]`, over `parts` threads.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Shape {
     m: usize,
     k: usize,
-    n: usize,
     parts: usize,
 }
 
-/// `W [n, k]`: each part computes a disjoint range of outputs.
+/// `W [n, k]`: each part computes disjoint ranges of outputs.
 #[cfg(target_arch = "x86_64")]
-unsafe fn out_in<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape) {
+unsafe fn out_in<W: simd::Elem>(simd: Simd, x: Addr, jobs: &[Job], s: Shape) {
     use simd::{dot_rows_avx2, dot_rows_avx512};
-    let Shape { m, k, n, parts } = s;
+    let Shape { m, k, parts } = s;
     // Outputs are claimed in chunks, so a thread that started late or streams slower takes
     // fewer: a static split left the caller waiting in the barrier for ~10% of a decode step.
     // Each output is still one dot product in a fixed order, so results do not depend on
-    // which thread computed them.
+    // which thread computed them. Chunks run over all the weights in turn.
+    let total: usize = jobs.iter().map(|j| j.n).sum();
     let chunks = if parts > 1 {
         parts * CHUNKS_PER_PART
     } else {
         1
     };
-    let size = n.div_ceil(chunks).div_ceil(4) * 4;
+    let size = total.div_ceil(chunks).div_ceil(4) * 4;
     let next = std::sync::atomic::AtomicUsize::new(0);
     pool::run(parts, &|_| loop {
         let c = next.fetch_add(1, Ordering::Relaxed);
-        if c * size >= n {
-            break;
+        // Chunk `c` in the weights laid end to end, cut at each weight's end.
+        let (mut lo, mut job) = (c * size, None);
+        for j in jobs {
+            let per = j.n.div_ceil(size);
+            if lo < per * size {
+                job = Some(j);
+                break;
+            }
+            lo -= per * size;
         }
-        let rows = c * size..((c + 1) * size).min(n);
-        let (x, w, y) = (x.0 as *const f32, w.0 as *const W, y.0 as *mut f32);
+        let Some(j) = job else { break };
+        let rows = lo..(lo + size).min(j.n);
+        let (x, w, y, n) = (x.0 as *const f32, j.w.0 as *const W, j.y.0 as *mut f32, j.n);
         // Registers along the weight row per input row, so that M·U accumulators hide the
         // FMA latency without spilling.
-        // SAFETY: as in `product`; chunks are disjoint output ranges.
         macro_rules! dot {
             ($f:ident) => {
                 match m {
@@ -316,6 +371,7 @@ unsafe fn out_in<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape)
                 }
             };
         }
+        // SAFETY: as in `product`; chunks are disjoint output ranges.
         unsafe {
             match simd {
                 Simd::Avx2 => dot!(dot_rows_avx2),
@@ -325,34 +381,44 @@ unsafe fn out_in<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape)
     });
 }
 
-/// `W [k, n]`: each part sums a range of input rows into its own partial output; the caller's
-/// thread adds the partials.
+/// `W [k, n]`: each part sums a range of input rows into its own partial outputs; the
+/// caller's thread adds the partials.
 #[cfg(target_arch = "x86_64")]
-unsafe fn in_out<W: simd::Elem>(simd: Simd, x: Addr, w: Addr, y: Addr, s: Shape) {
+unsafe fn in_out<W: simd::Elem>(simd: Simd, x: Addr, jobs: &[Job], s: Shape) {
     use simd::{axpy_rows_avx2, axpy_rows_avx512};
-    let Shape { m, k, n, parts } = s;
-    let mut partials = vec![0f32; (parts - 1) * m * n];
+    let Shape { m, k, parts } = s;
+    let total: usize = jobs.iter().map(|j| j.n).sum();
+    let mut partials = vec![0f32; (parts - 1) * m * total];
     let scratch = Addr(partials.as_mut_ptr() as usize);
     pool::run(parts, &|t| {
         let rows = split(k, parts, t, 4);
-        let part = if t == 0 {
-            y.0 as *mut f32
-        } else {
-            (scratch.0 as *mut f32).wrapping_add((t - 1) * m * n)
-        };
-        let (x, w) = (x.0 as *const f32, w.0 as *const W);
-        // SAFETY: as in `product`; each part writes only its own buffer.
-        unsafe {
-            match simd {
-                Simd::Avx2 => by_rows!(m, axpy_rows_avx2::<W>(x, k, w, n, rows, part)),
-                Simd::Avx512 => by_rows!(m, axpy_rows_avx512::<W>(x, k, w, n, rows, part)),
+        let mut offset = (t.max(1) - 1) * m * total;
+        for j in jobs {
+            let part = if t == 0 {
+                j.y.0 as *mut f32
+            } else {
+                (scratch.0 as *mut f32).wrapping_add(offset)
+            };
+            offset += m * j.n;
+            let (x, w, n, rows) = (x.0 as *const f32, j.w.0 as *const W, j.n, rows.clone());
+            // SAFETY: as in `product`; each part writes only its own buffers.
+            unsafe {
+                match simd {
+                    Simd::Avx2 => by_rows!(m, axpy_rows_avx2::<W>(x, k, w, n, rows, part)),
+                    Simd::Avx512 => by_rows!(m, axpy_rows_avx512::<W>(x, k, w, n, rows, part)),
+                }
             }
         }
     });
-    // SAFETY: `y` is the [m, n] output, zeroed and written by part 0 only.
-    let out = unsafe { std::slice::from_raw_parts_mut(y.0 as *mut f32, m * n) };
-    for p in partials.chunks(m * n) {
-        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    let mut p = partials.as_slice();
+    while !p.is_empty() {
+        for j in jobs {
+            // SAFETY: `y` is this job's [m, n] output, written by part 0 only.
+            let out = unsafe { std::slice::from_raw_parts_mut(j.y.0 as *mut f32, m * j.n) };
+            let (mine, rest) = p.split_at(m * j.n);
+            out.iter_mut().zip(mine).for_each(|(o, v)| *o += v);
+            p = rest;
+        }
     }
 }
 
@@ -415,6 +481,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn several_weights_in_one_region_match_each_alone() {
+        if !cpu_supported() {
+            eprintln!("skipped: this CPU has no AVX2/FMA, the kernels never run here");
+            return;
+        }
+        tch::manual_seed(1);
+        let opts = (Kind::Float, Device::Cpu);
+        // 300 x (1031 + 260 + 5) is over PARALLEL_BYTES: chunks cross weight boundaries.
+        for simd in Simd::supported() {
+            for (k, outs) in [(13, [7, 3, 1]), (300, [1031, 260, 5])] {
+                for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+                    for kind in [Kind::Float, Kind::BFloat16] {
+                        let ws: Vec<Tensor> = outs
+                            .iter()
+                            .map(|&n| {
+                                let dims = match layout {
+                                    WeightLayout::InOut => [k, n],
+                                    WeightLayout::OutIn => [n, k],
+                                };
+                                Tensor::randn(dims, opts).to_kind(kind)
+                            })
+                            .collect();
+                        let b = Tensor::randn([outs[1]], opts).to_kind(kind);
+                        let group = [(&ws[0], None), (&ws[1], Some(&b)), (&ws[2], None)];
+                        for m in [1, 3, MAX_ROWS as i64] {
+                            let x = Tensor::randn([m, k], opts).to_kind(kind);
+                            let got = small_batch_linears_with(simd, &x, &group, layout)
+                                .expect("the kernels apply");
+                            assert_eq!(got.len(), 3);
+                            for ((w, bias), y) in group.iter().zip(&got) {
+                                let alone = small_batch_linear_with(simd, &x, w, *bias, layout)
+                                    .expect("the kernel applies");
+                                // `[out, in]`: the same dot products in the same order,
+                                // equal. `[in, out]` sums per-thread partials, and a small
+                                // weight alone runs on one thread: close.
+                                if layout == WeightLayout::OutIn {
+                                    assert!(y.equal(&alone), "{simd:?} k {k} m {m} {kind:?}");
+                                }
+                                let want = reference(&x, w, *bias, layout);
+                                let err = (y.to_kind(Kind::Float) - &want)
+                                    .abs()
+                                    .max()
+                                    .double_value(&[]);
+                                let scale = want.abs().max().double_value(&[]).max(1.0);
+                                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+                                assert!(err <= tol * scale, "{simd:?} k {k} m {m}: {err}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Weights that disagree on the input size are not one group.
+        let x = Tensor::randn([1, 8], opts);
+        let (a, b) = (Tensor::randn([4, 8], opts), Tensor::randn([4, 9], opts));
+        assert!(small_batch_linears(&x, &[(&a, None), (&b, None)], WeightLayout::OutIn).is_none());
     }
 
     #[test]

@@ -119,6 +119,28 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) 
     y.reshape(shape.as_slice())
 }
 
+/// [`linear`] for several weights of one layout that share the input `x` (q/k/v, gate/up):
+/// decode-sized inputs run as one parallel region over all of them
+/// ([`crate::kernels::small_batch_linears`]), the rest one GEMM each.
+pub fn linears<const N: usize>(
+    x: &Tensor,
+    ws: [(&Tensor, Option<&Tensor>); N],
+    layout: WeightLayout,
+) -> [Tensor; N] {
+    let mut shape = x.size();
+    let last = shape.len() - 1;
+    let x2 = x.reshape([-1, shape[last]]);
+    let fused = crate::kernels::small_batch_linears(&x2, &ws, layout)
+        .and_then(|ys| <[Tensor; N]>::try_from(ys).ok());
+    match fused {
+        Some(ys) => ys.map(|y| {
+            shape[last] = y.size()[1];
+            y.reshape(shape.as_slice())
+        }),
+        None => ws.map(|(w, b)| linear(x, w, b, layout)),
+    }
+}
+
 /// A linear whose output features are split across tensor-parallel ranks.
 #[derive(Debug)]
 pub struct ColumnParallelLinear {
@@ -199,6 +221,26 @@ impl ColumnParallelLinear {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = linear(x, &self.weight, self.bias.as_ref(), self.layout);
         with_lora(y, x, self.lora.as_ref(), train)
+    }
+
+    /// `forward_t` of several layers over one input (q/k/v, gate/up), their products in one
+    /// [`linears`] call when they share a layout; LoRA adapters still apply per layer.
+    pub fn forward_many<const N: usize>(
+        layers: [&ColumnParallelLinear; N],
+        x: &Tensor,
+        train: bool,
+    ) -> [Tensor; N] {
+        let layout = layers.first().map_or(WeightLayout::OutIn, |l| l.layout);
+        if layers.iter().any(|l| l.layout != layout) {
+            return layers.map(|l| l.forward_t(x, train));
+        }
+        let ys = linears(x, layers.map(|l| (&l.weight, l.bias.as_ref())), layout);
+        let mut i = 0;
+        ys.map(|y| {
+            let l = layers[i];
+            i += 1;
+            with_lora(y, x, l.lora.as_ref(), train)
+        })
     }
 
     /// The layer as a plain `[out, in]` matrix (a view, gradients flow to the weight), when it

@@ -16,7 +16,9 @@ pub use attention::{
 };
 pub use dropout::{hash_dropout, hash_uniform};
 pub use kv_cache::{KvCache, LayerCache};
-pub use linear::{linear, ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout};
+pub use linear::{
+    linear, linears, ColumnParallelLinear, RowParallelLinear, TensorParallel, WeightLayout,
+};
 pub use lm_loss::{lm_head_cross_entropy, VocabShard};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rotary::{apply_rotary, apply_rotary_interleaved, RopeScaling, RotaryEmbedding};

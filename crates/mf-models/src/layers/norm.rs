@@ -56,6 +56,9 @@ impl RmsNorm {
     /// back before the weight is applied, exactly as transformers' `LlamaRMSNorm`, so bf16
     /// and f16 runs round the same way.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(y) = crate::kernels::elementwise::rms_norm(x, &self.weight, self.eps) {
+            return y;
+        }
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let y = xf * (var + self.eps).rsqrt();

@@ -160,6 +160,9 @@ impl RotaryEmbedding {
 /// Rotates `x` (`[batch, heads, len, dim]`) by the tables from [`RotaryEmbedding::cos_sin`],
 /// pairing dimension `i` with `i + dim/2` (the Hugging Face "rotate_half" layout).
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    if let Some(y) = crate::kernels::elementwise::rotary(x, cos, sin) {
+        return y;
+    }
     let half = x.size().last().copied().unwrap_or(0) / 2;
     let x1 = x.narrow(-1, 0, half);
     let x2 = x.narrow(-1, half, half);
