@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # First match wins; patterns are matched against "dso symbol".
 GROUPS = [
-    ("matmul: mf decode kernels", r"kernels::avx2|dot_rows|axpy_rows"),
+    ("matmul: mf decode kernels", r"kernels::simd|dot_rows|axpy_rows"),
     ("matmul: MKL / oneDNN GEMM", r"mkl_|libmkl|gemm|gemv|dnnl|sgemm|mkldnn"),
     ("OpenMP runtime (team start, barriers, spinning)", r"libgomp|libiomp|gomp_|GOMP_"),
     ("attention (sdpa kernels)", r"flash|sdpa|scaled_dot|attention|softmax"),

@@ -431,10 +431,11 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("--kernels takes `mf` or `libtorch`, not `{kernels}`");
     }
     println!("{}", bench_header(&threads));
-    println!("mindformers-rs small-batch matmuls: {kernels} (mf's need AVX2 and FMA; without them libtorch's run)");
+    println!("mindformers-rs small-batch matmuls, RMSNorm and rotary: {kernels} (mf's need AVX2 and FMA, and use AVX-512 where the CPU has it; each run names what it used below the table)");
     println!("32-token prompts, 128 new tokens, greedy, no eos stop, {dtype}; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
-    println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s, MB/step) | mf % of limit | mf / HF peak RSS MiB |");
+    println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s median, min-max; MB/step) | mf % of limit (median per run) | mf / HF peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
+    let mut used: Vec<String> = Vec::new();
     for batch in ["1", "8"] {
         let common = [
             "--batch",
@@ -468,11 +469,25 @@ fn bench(args: &[String]) -> Result<()> {
             pairs.push((ours, theirs));
         }
         let col = |side: usize, k: &str| pair_column(&pairs, side, k);
+        used.extend(
+            pairs
+                .iter()
+                .filter_map(|(o, _)| o["kernels"].as_str().map(String::from)),
+        );
         let (a, b) = (col(0, "tokens_per_s"), col(1, "tokens_per_s"));
         let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y.max(1e-12)).collect();
-        let limit = median(col(0, "limit_tokens_per_s"));
+        let limits = col(0, "limit_tokens_per_s");
+        let limit = median(limits.clone());
+        // Each run's fraction of its own limit: the read rate moves between runs.
+        let fraction = median(
+            a.iter()
+                .zip(&limits)
+                .map(|(t, l)| t / l.max(1e-12))
+                .collect(),
+        );
+        let read = col(0, "read_gb_per_s");
         println!(
-            "| {batch} | {:.1} ({}) | {:.1} ({}) | {} | {:.2}x | {limit:.1} ({:.1}, {:.0}) | {:.0}% | {:.0} / {:.0} |",
+            "| {batch} | {:.1} ({}) | {:.1} ({}) | {} | {:.2}x | {limit:.1} ({:.1}, {}; {:.0}) | {:.0}% | {:.0} / {:.0} |",
             median(a.clone()),
             min_max(&a),
             median(b.clone()),
@@ -483,13 +498,17 @@ fn bench(args: &[String]) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
             median(ratios.clone()),
-            median(col(0, "read_gb_per_s")),
+            median(read.clone()),
+            min_max(&read),
             median(col(0, "step_bytes")) / 1e6,
-            100.0 * median(a.clone()) / limit.max(1e-12),
+            100.0 * fraction,
             median(col(0, "peak_rss_mb")),
             median(col(1, "peak_rss_mb")),
         );
     }
+    used.sort();
+    used.dedup();
+    println!("mindformers-rs ran with: {}", used.join(", "));
     Ok(())
 }
 
