@@ -438,6 +438,26 @@ mod tests {
         }
     }
 
+    /// `got` is libtorch's product within the summation order (f32) or the output's rounding
+    /// (bf16), relative to the output's scale.
+    fn assert_close(
+        got: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        layout: WeightLayout,
+        what: &str,
+    ) {
+        let want = reference(x, w, b, layout);
+        let err = (got.to_kind(Kind::Float) - &want)
+            .abs()
+            .max()
+            .double_value(&[]);
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        let tol = if w.kind() == Kind::Float { 1e-5 } else { 1e-2 };
+        assert!(err <= tol * scale, "{what} {:?}: {err}", w.kind());
+    }
+
     #[test]
     fn every_batch_size_layout_and_dtype_matches_libtorch() {
         if !cpu_supported() {
@@ -463,18 +483,8 @@ mod tests {
                                     .expect("the kernel applies");
                                 assert_eq!(got.size(), [m, n]);
                                 assert_eq!(got.kind(), kind);
-                                let want = reference(&x, &w, bias, layout);
-                                let err = (got.to_kind(Kind::Float) - &want)
-                                    .abs()
-                                    .max()
-                                    .double_value(&[]);
-                                // f32: summation order only; bf16: the output's rounding.
-                                let scale = want.abs().max().double_value(&[]).max(1.0);
-                                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
-                                assert!(
-                                    err <= tol * scale,
-                                    "{simd:?} k {k} n {n} m {m} {layout:?} {kind:?}: {err}"
-                                );
+                                let what = format!("{simd:?} k {k} n {n} m {m} {layout:?}");
+                                assert_close(&got, &x, &w, bias, layout, &what);
                             }
                         }
                     }
@@ -522,14 +532,8 @@ mod tests {
                                 if layout == WeightLayout::OutIn {
                                     assert!(y.equal(&alone), "{simd:?} k {k} m {m} {kind:?}");
                                 }
-                                let want = reference(&x, w, *bias, layout);
-                                let err = (y.to_kind(Kind::Float) - &want)
-                                    .abs()
-                                    .max()
-                                    .double_value(&[]);
-                                let scale = want.abs().max().double_value(&[]).max(1.0);
-                                let tol = if kind == Kind::Float { 1e-5 } else { 1e-2 };
-                                assert!(err <= tol * scale, "{simd:?} k {k} m {m}: {err}");
+                                let what = format!("{simd:?} k {k} m {m} {layout:?} group");
+                                assert_close(y, &x, w, *bias, layout, &what);
                             }
                         }
                     }

@@ -59,27 +59,58 @@ pub trait Isa {
     unsafe fn hsum(v: Self::V) -> f32;
 }
 
+/// The [`Isa`] methods that are one intrinsic each, for the register type `$v`.
+macro_rules! plain_ops {
+    ($v:ty, $f:literal, $zero:ident, $splat:ident, $load:ident, $store:ident, $fma:ident, $add:ident) => {
+        type V = $v;
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn zero() -> $v {
+            $zero()
+        }
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn splat(v: f32) -> $v {
+            $splat(v)
+        }
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn load(p: *const f32) -> $v {
+            $load(p)
+        }
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn store(p: *mut f32, v: $v) {
+            $store(p, v)
+        }
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn fma(a: $v, b: $v, c: $v) -> $v {
+            $fma(a, b, c)
+        }
+        #[inline]
+        #[target_feature(enable = $f)]
+        unsafe fn add(a: $v, b: $v) -> $v {
+            $add(a, b)
+        }
+    };
+}
+
 /// AVX2 + FMA: 256-bit registers.
 pub struct Avx2;
 
 impl Isa for Avx2 {
-    type V = __m256;
     const LANES: usize = 8;
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn splat(v: f32) -> __m256 {
-        _mm256_set1_ps(v)
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
-    }
+    plain_ops!(
+        __m256,
+        "avx2,fma",
+        _mm256_setzero_ps,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps
+    );
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load_w<W: Elem>(p: *const W) -> __m256 {
@@ -90,21 +121,6 @@ impl Isa for Avx2 {
         } else {
             _mm256_loadu_ps(p as *const f32)
         }
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        _mm256_storeu_ps(p, v)
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        _mm256_add_ps(a, b)
     }
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -121,23 +137,17 @@ impl Isa for Avx2 {
 pub struct Avx512;
 
 impl Isa for Avx512 {
-    type V = __m512;
     const LANES: usize = 16;
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn splat(v: f32) -> __m512 {
-        _mm512_set1_ps(v)
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(p: *const f32) -> __m512 {
-        _mm512_loadu_ps(p)
-    }
+    plain_ops!(
+        __m512,
+        "avx512f",
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps
+    );
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load_w<W: Elem>(p: *const W) -> __m512 {
@@ -147,21 +157,6 @@ impl Isa for Avx512 {
         } else {
             _mm512_loadu_ps(p as *const f32)
         }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        _mm512_storeu_ps(p, v)
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]
