@@ -82,12 +82,12 @@ fn kv_attention(c: &mut Criterion) {
 /// The weights of one decode step: `(name, layout, weights)`, ~400-500 MB of f32 each.
 fn decode_weights() -> Vec<(&'static str, WeightLayout, Vec<Tensor>)> {
     let opts = (Kind::Float, Device::Cpu);
-    let stack = |layer: &[(i64, i64)], head: [i64; 2]| {
-        let mut w: Vec<Tensor> = (0..12)
-            .flat_map(|_| layer.iter().map(|&(a, b)| Tensor::randn([a, b], opts)))
-            .collect();
-        w.push(Tensor::randn(head, opts));
-        w
+    let stack = |layer: &[(i64, i64)], head: Option<[i64; 2]>| -> Vec<Tensor> {
+        (0..12)
+            .flat_map(|_| layer.iter().map(|&(a, b)| [a, b]))
+            .chain(head)
+            .map(|dims| Tensor::randn(dims, opts))
+            .collect()
     };
     // LLaMA ~125M: nn.Linear [out, in] (q, k, v, o, gate, up, down), untied head.
     let llama = [
@@ -106,13 +106,13 @@ fn decode_weights() -> Vec<(&'static str, WeightLayout, Vec<Tensor>)> {
         (
             "LLaMA ~125M [out, in]",
             WeightLayout::OutIn,
-            stack(&llama, [32000, 768]),
+            stack(&llama, Some([32000, 768])),
         ),
-        ("GPT-2 small blocks [in, out]", WeightLayout::InOut, {
-            let mut w = stack(&gpt2, [1, 1]);
-            w.pop();
-            w
-        }),
+        (
+            "GPT-2 small blocks [in, out]",
+            WeightLayout::InOut,
+            stack(&gpt2, None),
+        ),
     ]
 }
 

@@ -36,11 +36,6 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::SeqCst);
 }
 
-/// Whether the kernels are on and this CPU can run them.
-pub fn available() -> bool {
-    ENABLED.load(Ordering::SeqCst) && cpu_supported()
-}
-
 /// The instruction set the kernels run with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
@@ -438,6 +433,15 @@ mod tests {
         }
     }
 
+    /// A random `k`-in, `n`-out weight stored in `layout`.
+    fn random_weight(layout: WeightLayout, k: i64, n: i64, kind: Kind) -> Tensor {
+        let dims = match layout {
+            WeightLayout::InOut => [k, n],
+            WeightLayout::OutIn => [n, k],
+        };
+        Tensor::randn(dims, (Kind::Float, Device::Cpu)).to_kind(kind)
+    }
+
     /// `got` is libtorch's product within the summation order (f32) or the output's rounding
     /// (bf16), relative to the output's scale.
     fn assert_close(
@@ -470,11 +474,7 @@ mod tests {
             for (k, n) in [(13, 7), (64, 36), (300, 1031)] {
                 for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
                     for kind in [Kind::Float, Kind::BFloat16] {
-                        let dims = match layout {
-                            WeightLayout::InOut => [k, n],
-                            WeightLayout::OutIn => [n, k],
-                        };
-                        let w = Tensor::randn(dims, (Kind::Float, Device::Cpu)).to_kind(kind);
+                        let w = random_weight(layout, k, n, kind);
                         let b = Tensor::randn([n], (Kind::Float, Device::Cpu)).to_kind(kind);
                         for m in 1..=MAX_ROWS as i64 {
                             let x = Tensor::randn([m, k], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -508,13 +508,7 @@ mod tests {
                     for kind in [Kind::Float, Kind::BFloat16] {
                         let ws: Vec<Tensor> = outs
                             .iter()
-                            .map(|&n| {
-                                let dims = match layout {
-                                    WeightLayout::InOut => [k, n],
-                                    WeightLayout::OutIn => [n, k],
-                                };
-                                Tensor::randn(dims, opts).to_kind(kind)
-                            })
+                            .map(|&n| random_weight(layout, k, n, kind))
                             .collect();
                         let b = Tensor::randn([outs[1]], opts).to_kind(kind);
                         let group = [(&ws[0], None), (&ws[1], Some(&b)), (&ws[2], None)];

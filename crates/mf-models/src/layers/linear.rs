@@ -98,25 +98,8 @@ fn make_bias(p: &Vars, bias: bool, out: i64) -> Result<Option<Tensor>> {
 /// `y = x W + b` over the last dimension of `x`, for a weight stored in `layout`: decode-sized
 /// inputs go to [`crate::kernels`], the rest to libtorch's GEMM.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, layout: WeightLayout) -> Tensor {
-    let mut shape = x.size();
-    let last = shape.len() - 1;
-    let x2 = x.reshape([-1, shape[last]]);
-    let y = match crate::kernels::small_batch_linear(&x2, w, b, layout) {
-        Some(y) => y,
-        None => {
-            let w = match layout {
-                WeightLayout::InOut => w.shallow_clone(),
-                WeightLayout::OutIn => w.tr(),
-            };
-            // addmm fuses the bias into the GEMM's output pass.
-            match b {
-                Some(b) => b.addmm(&x2, &w),
-                None => x2.mm(&w),
-            }
-        }
-    };
-    shape[last] = y.size()[1];
-    y.reshape(shape.as_slice())
+    let [y] = linears(x, [(w, b)], layout);
+    y
 }
 
 /// [`linear`] for several weights of one layout that share the input `x` (q/k/v, gate/up):
@@ -130,15 +113,26 @@ pub fn linears<const N: usize>(
     let mut shape = x.size();
     let last = shape.len() - 1;
     let x2 = x.reshape([-1, shape[last]]);
-    let fused = crate::kernels::small_batch_linears(&x2, &ws, layout)
-        .and_then(|ys| <[Tensor; N]>::try_from(ys).ok());
-    match fused {
-        Some(ys) => ys.map(|y| {
-            shape[last] = y.size()[1];
-            y.reshape(shape.as_slice())
+    let ys = match crate::kernels::small_batch_linears(&x2, &ws, layout)
+        .and_then(|ys| <[Tensor; N]>::try_from(ys).ok())
+    {
+        Some(ys) => ys,
+        None => ws.map(|(w, b)| {
+            let w = match layout {
+                WeightLayout::InOut => w.shallow_clone(),
+                WeightLayout::OutIn => w.tr(),
+            };
+            // addmm fuses the bias into the GEMM's output pass.
+            match b {
+                Some(b) => b.addmm(&x2, &w),
+                None => x2.mm(&w),
+            }
         }),
-        None => ws.map(|(w, b)| linear(x, w, b, layout)),
-    }
+    };
+    ys.map(|y| {
+        shape[last] = y.size()[1];
+        y.reshape(shape.as_slice())
+    })
 }
 
 /// A linear whose output features are split across tensor-parallel ranks.
