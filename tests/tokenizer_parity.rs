@@ -25,6 +25,8 @@ fn matches_tiktoken_on_varied_text() {
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert!(cases.len() >= 30, "fixture has {} cases", cases.len());
     let tok = GPT2Tokenizer::from_pretrained("gpt2").unwrap();
+    let mut texts = Vec::new();
+    let mut wants = Vec::new();
     for case in &cases {
         let t = case["text"].as_str().unwrap();
         let want: Vec<u32> = case["ids"]
@@ -36,7 +38,12 @@ fn matches_tiktoken_on_varied_text() {
         assert_eq!(tok.encode_ids(t).unwrap(), want, "text {t:?}");
         // Byte-level BPE is lossless.
         assert_eq!(tok.decode(&want, false).unwrap(), t, "decode of {t:?}");
+        texts.push(t);
+        wants.push(want);
     }
+    // The batch encoder runs rows on a thread pool: every row still lands in its place.
+    let batch = tok.encode_batch(&texts, &EncodeOptions::default()).unwrap();
+    assert_eq!(batch.input_ids, wants);
 }
 
 #[test]

@@ -67,8 +67,18 @@ fn encode(c: &mut Criterion) {
         })
     });
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    g.bench_function("tokenizers encode_batch", |b| {
-        b.iter(|| black_box(raw.encode_batch(refs.clone(), false).expect("encode")))
+    g.bench_function("tokenizers encode_batch_fast (no offsets)", |b| {
+        b.iter(|| black_box(raw.encode_batch_fast(refs.clone(), false).expect("encode")))
+    });
+    // What our `encode_batch` keeps per token (char offsets for pipelines), so the like-for-like
+    // line of the two batch encoders.
+    g.bench_function("tokenizers encode_batch_char_offsets", |b| {
+        b.iter(|| {
+            black_box(
+                raw.encode_batch_char_offsets(refs.clone(), false)
+                    .expect("encode"),
+            )
+        })
     });
     g.bench_function("mindformers encode_batch (offsets, word ids)", |b| {
         b.iter(|| {

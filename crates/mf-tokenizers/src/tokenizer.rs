@@ -412,62 +412,15 @@ impl Tokenizer {
         }
         let side = opts.padding_side.unwrap_or(self.padding_side);
         let specials = !opts.skip_special_tokens_insertion;
-        let mut rows = Vec::with_capacity(inputs.len());
-        for (a, b) in inputs {
-            let enc = |t: &str| {
-                self.inner
-                    .encode_char_offsets(t, false)
-                    .map_err(|e| MfError::Tokenizer(e.to_string()))
-            };
-            let mut ea = enc(a)?;
-            let mut eb = b.map(enc).transpose()?;
-            let added = if specials && self.post_processor_adds {
-                use tokenizers::PostProcessor;
-                self.inner
-                    .get_post_processor()
-                    .map_or(0, |p| p.added_tokens(eb.is_some()))
-            } else {
-                (specials && self.add_bos_token) as usize
-                    + (specials && self.add_eos_token) as usize
-            };
-            if opts.truncation {
-                let budget = max_length.saturating_sub(added);
-                truncate_longest_first(&mut ea, eb.as_mut(), budget, side);
-            }
-            let row = if specials && self.post_processor_adds {
-                let e = self
-                    .inner
-                    .post_process(ea, eb, true)
-                    .map_err(|e| MfError::Tokenizer(e.to_string()))?;
-                EncodedRow::from_encoding(&e)
-            } else {
-                let mut row = EncodedRow::from_encoding(&ea);
-                if let Some(eb) = &eb {
-                    let mut r = EncodedRow::from_encoding(eb);
-                    r.sequence_ids.iter_mut().for_each(|s| *s = Some(1));
-                    r.token_type_ids.iter_mut().for_each(|t| *t = 1);
-                    row.append(r);
-                }
-                if specials && self.add_bos_token {
-                    let id = self.bos_token_id().ok_or_else(|| {
-                        invalid("add_bos_token is set but bos_token is not in the vocabulary")
-                    })?;
-                    row.insert_special(0, id);
-                }
-                if specials && self.add_eos_token {
-                    let id = self.eos_token_id().ok_or_else(|| {
-                        invalid("add_eos_token is set but eos_token is not in the vocabulary")
-                    })?;
-                    let n = row.input_ids.len();
-                    row.insert_special(n, id);
-                }
-                if opts.truncation && row.input_ids.len() > max_length {
-                    row.truncate(max_length, side);
-                }
-                row
-            };
-            rows.push(row);
-        }
+        // Rows are independent: they run on the `tokenizers` crate's rayon pool, as its own
+        // `encode_batch` does (and, like it, serially under `TOKENIZERS_PARALLELISM=false`).
+        // A single text stays on the calling thread: handing it to the pool costs more than
+        // it saves.
+        use tokenizers::utils::parallelism::MaybeParallelRefIterator;
+        let mut rows = inputs
+            .maybe_par_iter_cond(inputs.len() > 1)
+            .map(|&(a, b)| self.encode_row(a, b, specials, opts.truncation, max_length, side))
+            .collect::<Result<Vec<_>>>()?;
         let target = match opts.padding {
             Padding::None => None,
             Padding::Longest => Some(rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0)),
@@ -486,6 +439,69 @@ impl Tokenizer {
             }
         }
         Ok(rows)
+    }
+
+    /// One text or pair through the tokenizer, special tokens and truncation.
+    fn encode_row(
+        &self,
+        a: &str,
+        b: Option<&str>,
+        specials: bool,
+        truncation: bool,
+        max_length: usize,
+        side: PaddingSide,
+    ) -> Result<EncodedRow> {
+        let enc = |t: &str| {
+            self.inner
+                .encode_char_offsets(t, false)
+                .map_err(|e| MfError::Tokenizer(e.to_string()))
+        };
+        let mut ea = enc(a)?;
+        let mut eb = b.map(enc).transpose()?;
+        let added = if specials && self.post_processor_adds {
+            use tokenizers::PostProcessor;
+            self.inner
+                .get_post_processor()
+                .map_or(0, |p| p.added_tokens(eb.is_some()))
+        } else {
+            (specials && self.add_bos_token) as usize + (specials && self.add_eos_token) as usize
+        };
+        if truncation {
+            let budget = max_length.saturating_sub(added);
+            truncate_longest_first(&mut ea, eb.as_mut(), budget, side);
+        }
+        Ok(if specials && self.post_processor_adds {
+            let e = self
+                .inner
+                .post_process(ea, eb, true)
+                .map_err(|e| MfError::Tokenizer(e.to_string()))?;
+            EncodedRow::from_encoding(&e)
+        } else {
+            let mut row = EncodedRow::from_encoding(&ea);
+            if let Some(eb) = &eb {
+                let mut r = EncodedRow::from_encoding(eb);
+                r.sequence_ids.iter_mut().for_each(|s| *s = Some(1));
+                r.token_type_ids.iter_mut().for_each(|t| *t = 1);
+                row.append(r);
+            }
+            if specials && self.add_bos_token {
+                let id = self.bos_token_id().ok_or_else(|| {
+                    invalid("add_bos_token is set but bos_token is not in the vocabulary")
+                })?;
+                row.insert_special(0, id);
+            }
+            if specials && self.add_eos_token {
+                let id = self.eos_token_id().ok_or_else(|| {
+                    invalid("add_eos_token is set but eos_token is not in the vocabulary")
+                })?;
+                let n = row.input_ids.len();
+                row.insert_special(n, id);
+            }
+            if truncation && row.input_ids.len() > max_length {
+                row.truncate(max_length, side);
+            }
+            row
+        })
     }
 
     /// A question with a long context as windows `[CLS] q [SEP] ctx[i..i+n] [SEP]` of at most
