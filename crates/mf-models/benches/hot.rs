@@ -68,11 +68,28 @@ fn kv_attention(c: &mut Criterion) {
         let _ = cache.append(0, &k0, &k0).expect("prefill");
         cache.advance(history as usize);
         let q = Tensor::randn([batch, heads, 1, dim], opts);
+        // `sdpa` takes the Rust decode kernel (`kernels::attention`) where the CPU has it;
+        // the second line is libtorch's fused attention on the same cache.
         g.bench_function(format!("batch {batch}"), |bch| {
             bch.iter(|| {
                 // Overwrite the same next slot each time so the history stays 160 + 1.
                 let (k, v) = cache.append(0, &q, &q).expect("append");
                 let _ = black_box(sdpa(&q, &k, &v, &AttnMask::None, 0.0));
+            })
+        });
+        g.bench_function(format!("batch {batch}, libtorch"), |bch| {
+            bch.iter(|| {
+                let (k, v) = cache.append(0, &q, &q).expect("append");
+                let _ = black_box(Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    None::<&Tensor>,
+                    0.0,
+                    false,
+                    None,
+                    false,
+                ));
             })
         });
     }

@@ -10,6 +10,7 @@
 //! needed, on x86-64 CPUs with AVX2 and FMA, in AVX-512 where the CPU has it (detected at run
 //! time); everything else goes to libtorch. [`elementwise`] has the step's small operations
 //! (RMSNorm, rotary embedding), whose cost at this size is libtorch's dispatch.
+pub mod attention;
 pub mod elementwise;
 pub mod pool;
 #[cfg(target_arch = "x86_64")]

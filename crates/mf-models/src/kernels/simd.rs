@@ -278,9 +278,96 @@ unsafe fn axpy_rows<I: Isa, W: Elem, const M: usize>(
     }
 }
 
+/// Attention of one query row over `len` keys: `scores[j] = q·k_j/√d` (`-∞` where `keep[j]`
+/// is false), then `out = Σ_j softmax(scores)_j · v_j`. Keys and values are rows of `d`.
+///
+/// # Safety
+/// `q` and `out` are `d` f32, `k` and `v` are `len × d` elements, `keep` (if any) is `len`
+/// bools with at least one true, `scores` is `len` f32, and the CPU has `I`'s features.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn attend<I: Isa, E: Elem>(
+    q: *const f32,
+    k: *const E,
+    v: *const E,
+    keep: Option<*const bool>,
+    len: usize,
+    d: usize,
+    scores: *mut f32,
+    out: *mut f32,
+) {
+    let scale = 1.0 / (d as f32).sqrt();
+    let vec_end = d - d % I::LANES;
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..len {
+        if keep.is_some_and(|m| !*m.add(j)) {
+            *scores.add(j) = f32::NEG_INFINITY;
+            continue;
+        }
+        let kr = k.add(j * d);
+        // Two accumulators: a 64-wide head is four AVX-512 FMAs, two chains of two.
+        let (mut a0, mut a1) = (I::zero(), I::zero());
+        let mut i = 0;
+        while i + 2 * I::LANES <= d {
+            a0 = I::fma(I::load_w(kr.add(i)), I::load(q.add(i)), a0);
+            a1 = I::fma(
+                I::load_w(kr.add(i + I::LANES)),
+                I::load(q.add(i + I::LANES)),
+                a1,
+            );
+            i += 2 * I::LANES;
+        }
+        if i < vec_end {
+            a0 = I::fma(I::load_w(kr.add(i)), I::load(q.add(i)), a0);
+        }
+        let mut s = I::hsum(I::add(a0, a1));
+        for i in vec_end..d {
+            s += (*kr.add(i)).to_f32() * *q.add(i);
+        }
+        let s = s * scale;
+        *scores.add(j) = s;
+        max = max.max(s);
+    }
+    let mut sum = 0f32;
+    for j in 0..len {
+        let e = (*scores.add(j) - max).exp();
+        *scores.add(j) = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    // Four registers of the output at a time, held across all the keys.
+    const U: usize = 4;
+    let mut i = 0;
+    while i < vec_end {
+        let u = ((vec_end - i) / I::LANES).min(U);
+        let mut acc = [I::zero(); U];
+        for j in 0..len {
+            let p = I::splat(*scores.add(j));
+            let vr = v.add(j * d + i);
+            for (t, a) in acc.iter_mut().enumerate().take(u) {
+                *a = I::fma(p, I::load_w(vr.add(t * I::LANES)), *a);
+            }
+        }
+        for (t, a) in acc.iter().enumerate().take(u) {
+            I::store(out.add(i + t * I::LANES), *a);
+        }
+        i += u * I::LANES;
+    }
+    for i in vec_end..d {
+        let mut a = 0f32;
+        for j in 0..len {
+            a += *scores.add(j) * (*v.add(j * d + i)).to_f32();
+        }
+        *out.add(i) = a;
+    }
+    for i in 0..d {
+        *out.add(i) *= inv;
+    }
+}
+
 /// The entry points for one instruction set: the loops above compiled with its features.
 macro_rules! entry_points {
-    ($isa:ty, $features:literal, $dot:ident, $axpy:ident) => {
+    ($isa:ty, $features:literal, $dot:ident, $axpy:ident, $attend:ident) => {
         /// [`dot_rows`] with this instruction set's features enabled.
         ///
         /// # Safety
@@ -312,13 +399,33 @@ macro_rules! entry_points {
         ) {
             axpy_rows::<$isa, W, M>(x, k, w, n, rows, part)
         }
+
+        /// [`attend`] with this instruction set's features enabled.
+        ///
+        /// # Safety
+        /// As [`attend`].
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub unsafe fn $attend<E: Elem>(
+            q: *const f32,
+            k: *const E,
+            v: *const E,
+            keep: Option<*const bool>,
+            len: usize,
+            d: usize,
+            scores: *mut f32,
+            out: *mut f32,
+        ) {
+            attend::<$isa, E>(q, k, v, keep, len, d, scores, out)
+        }
     };
 }
 
-entry_points!(Avx2, "avx2,fma", dot_rows_avx2, axpy_rows_avx2);
+entry_points!(Avx2, "avx2,fma", dot_rows_avx2, axpy_rows_avx2, attend_avx2);
 entry_points!(
     Avx512,
     "avx512f,avx2,fma",
     dot_rows_avx512,
-    axpy_rows_avx512
+    axpy_rows_avx512,
+    attend_avx512
 );

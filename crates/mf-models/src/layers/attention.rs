@@ -92,6 +92,17 @@ pub fn attention_mask(
 /// attention): each kv head then serves `q_heads / kv_heads` consecutive query heads, without
 /// materialising repeated keys.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, dropout: f64) -> Tensor {
+    // A decode step (one query row over the cache) takes the Rust kernel where it applies.
+    let keep = match mask {
+        AttnMask::None => Some(None),
+        AttnMask::Explicit(m) => Some(Some(m)),
+        AttnMask::Causal | AttnMask::Additive(_) => None,
+    };
+    if let Some(keep) = keep.filter(|_| dropout == 0.0) {
+        if let Some(out) = crate::kernels::attention::decode_attention(q, k, v, keep) {
+            return out;
+        }
+    }
     let gqa = q.size().get(1) != k.size().get(1);
     let (m, causal) = match mask {
         AttnMask::None => (None, false),
