@@ -431,7 +431,7 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("--kernels takes `mf` or `libtorch`, not `{kernels}`");
     }
     println!("{}", bench_header(&threads));
-    println!("mindformers-rs small-batch matmuls, RMSNorm and rotary: {kernels} (mf's need AVX2 and FMA, and use AVX-512 where the CPU has it; each run names what it used below the table)");
+    println!("mindformers-rs small-batch matmuls, RMSNorm, rotary and decode attention: {kernels} (mf's need AVX2 and FMA, and use AVX-512 where the CPU has it; each run names what it used below the table)");
     println!("32-token prompts, 128 new tokens, greedy, no eos stop, {dtype}; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
     println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s median, min-max; MB/step) | mf % of limit (median per run) | mf / HF peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
