@@ -37,7 +37,7 @@ pub fn decode_attention_with(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> Option<Tensor> {
-    if super::best_simd().is_none_or(|best| simd > best) {
+    if !super::runs_here(simd) {
         return None;
     }
     let kind = q.kind();
@@ -129,7 +129,10 @@ pub fn decode_attention_with(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (job, parts);
+    {
+        let _ = (job, parts);
+        return None;
+    }
     if kind == Kind::Float {
         Some(out)
     } else {
@@ -161,7 +164,7 @@ struct Attend {
 /// As [`decode_attention_with`] checked.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run<E: super::simd::Elem>(simd: Simd, a: &Attend, parts: usize) {
-    use super::simd::{attend_avx2, attend_avx512};
+    use super::simd::{attend_avx2, attend_avx512, Head};
     let units = a.b * a.hk;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let group = a.hq / a.hk;
@@ -189,10 +192,18 @@ unsafe fn run<E: super::simd::Elem>(simd: Simd, a: &Attend, parts: usize) {
                     for (i, x) in q.iter_mut().enumerate() {
                         *x = (*qp.add(i)).to_f32();
                     }
-                    let (qv, sc) = (q.as_ptr(), scores.as_mut_ptr());
+                    let (q, len, d) = (q.as_ptr(), a.len, a.d);
+                    let head = Head {
+                        q,
+                        k,
+                        v,
+                        keep,
+                        len,
+                        d,
+                    };
                     match simd {
-                        Simd::Avx2 => attend_avx2(qv, k, v, keep, a.len, a.d, sc, out),
-                        Simd::Avx512 => attend_avx512(qv, k, v, keep, a.len, a.d, sc, out),
+                        Simd::Avx2 => attend_avx2(head, scores.as_mut_ptr(), out),
+                        Simd::Avx512 => attend_avx512(head, scores.as_mut_ptr(), out),
                     }
                 }
             }

@@ -86,6 +86,11 @@ pub fn best_simd() -> Option<Simd> {
     *BEST.get_or_init(|| Simd::supported().last().copied())
 }
 
+/// Whether this CPU can run the kernels with `simd`.
+fn runs_here(simd: Simd) -> bool {
+    best_simd().is_some_and(|best| simd <= best)
+}
+
 /// Whether this CPU has the instructions the kernels need (at least AVX2 and FMA).
 pub fn cpu_supported() -> bool {
     best_simd().is_some()
@@ -147,7 +152,7 @@ pub fn small_batch_linears_with(
     ws: &[(&Tensor, Option<&Tensor>)],
     layout: WeightLayout,
 ) -> Option<Vec<Tensor>> {
-    if best_simd().is_none_or(|best| simd > best) || ws.is_empty() {
+    if !runs_here(simd) || ws.is_empty() {
         return None;
     }
     let kind = x.kind();

@@ -278,24 +278,40 @@ unsafe fn axpy_rows<I: Isa, W: Elem, const M: usize>(
     }
 }
 
+/// One query head's inputs to [`attend`]: its query, the keys and values it reads (rows of
+/// `d`), and which of the `len` keys it may attend.
+#[derive(Clone, Copy)]
+pub struct Head<E> {
+    /// `d` f32: the query.
+    pub q: *const f32,
+    /// `len × d` keys.
+    pub k: *const E,
+    /// `len × d` values.
+    pub v: *const E,
+    /// `len` flags, false for a key not attended; `None` attends all.
+    pub keep: Option<*const bool>,
+    /// Keys.
+    pub len: usize,
+    /// Head dimension.
+    pub d: usize,
+}
+
 /// Attention of one query row over `len` keys: `scores[j] = q·k_j/√d` (`-∞` where `keep[j]`
 /// is false), then `out = Σ_j softmax(scores)_j · v_j`. Keys and values are rows of `d`.
 ///
 /// # Safety
 /// `q` and `out` are `d` f32, `k` and `v` are `len × d` elements, `keep` (if any) is `len`
 /// bools with at least one true, `scores` is `len` f32, and the CPU has `I`'s features.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn attend<I: Isa, E: Elem>(
-    q: *const f32,
-    k: *const E,
-    v: *const E,
-    keep: Option<*const bool>,
-    len: usize,
-    d: usize,
-    scores: *mut f32,
-    out: *mut f32,
-) {
+unsafe fn attend<I: Isa, E: Elem>(h: Head<E>, scores: *mut f32, out: *mut f32) {
+    let Head {
+        q,
+        k,
+        v,
+        keep,
+        len,
+        d,
+    } = h;
     let scale = 1.0 / (d as f32).sqrt();
     let vec_end = d - d % I::LANES;
     let mut max = f32::NEG_INFINITY;
@@ -404,19 +420,9 @@ macro_rules! entry_points {
         ///
         /// # Safety
         /// As [`attend`].
-        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = $features)]
-        pub unsafe fn $attend<E: Elem>(
-            q: *const f32,
-            k: *const E,
-            v: *const E,
-            keep: Option<*const bool>,
-            len: usize,
-            d: usize,
-            scores: *mut f32,
-            out: *mut f32,
-        ) {
-            attend::<$isa, E>(q, k, v, keep, len, d, scores, out)
+        pub unsafe fn $attend<E: Elem>(h: Head<E>, scores: *mut f32, out: *mut f32) {
+            attend::<$isa, E>(h, scores, out)
         }
     };
 }
