@@ -431,10 +431,11 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("--kernels takes `mf` or `libtorch`, not `{kernels}`");
     }
     println!("{}", bench_header(&threads));
-    println!("mindformers-rs small-batch matmuls, RMSNorm, rotary and decode attention: {kernels} (mf's need AVX2 and FMA, and use AVX-512 where the CPU has it; each run names what it used below the table)");
+    println!("mindformers-rs small-batch matmuls, RMSNorm, rotary and decode attention: {kernels} (mf's need AVX2 and FMA, and use AVX-512 where the CPU has it; each run names what it used below the table); mf's weights and read probe on transparent huge pages where the kernel grants them, transformers with PyTorch's default allocator");
+    println!("limit: weights + KV cache read per step over the 1 GiB read probe before and after the timed run; windowed: the decode steps of one more generate in windows of 16, each against the probes taken just before and after it (the read rate of these VMs moves by 1.5x within seconds)");
     println!("32-token prompts, 128 new tokens, greedy, no eos stop, {dtype}; each run is one process (1 warm-up, 1 timed generate), the two sides alternate A B A B for {DECODE_PAIRS} pairs");
-    println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s median, min-max; MB/step) | mf % of limit (median per run) | mf / HF peak RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| batch | mindformers-rs tok/s median (min-max) | transformers tok/s median (min-max) | ratio per pair | median ratio | limit tok/s (read GB/s median, min-max; MB/step) | mf % of limit (median per run) | mf % of limit, windowed (median, min-max of runs) | mf / HF peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut used: Vec<String> = Vec::new();
     for batch in ["1", "8"] {
         let common = [
@@ -486,8 +487,19 @@ fn bench(args: &[String]) -> Result<()> {
                 .collect(),
         );
         let read = col(0, "read_gb_per_s");
+        // Each run's median window (decode steps against the probes on either side of them).
+        let windowed: Vec<f64> = pairs
+            .iter()
+            .map(|(o, _)| {
+                let w = o["window_fractions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                100.0 * median(w.iter().filter_map(|v| v.as_f64()).collect())
+            })
+            .collect();
         println!(
-            "| {batch} | {:.1} ({}) | {:.1} ({}) | {} | {:.2}x | {limit:.1} ({:.1}, {}; {:.0}) | {:.0}% | {:.0} / {:.0} |",
+            "| {batch} | {:.1} ({}) | {:.1} ({}) | {} | {:.2}x | {limit:.1} ({:.1}, {}; {:.0}) | {:.0}% | {:.0}% ({}) | {:.0} / {:.0} |",
             median(a.clone()),
             min_max(&a),
             median(b.clone()),
@@ -502,6 +514,8 @@ fn bench(args: &[String]) -> Result<()> {
             min_max(&read),
             median(col(0, "step_bytes")) / 1e6,
             100.0 * fraction,
+            median(windowed.clone()),
+            min_max(&windowed),
             median(col(0, "peak_rss_mb")),
             median(col(1, "peak_rss_mb")),
         );

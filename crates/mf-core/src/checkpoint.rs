@@ -190,7 +190,7 @@ impl SafeTensors {
             return Err(truncated());
         }
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_empty(&shape, (kind, tch::Device::Cpu))?;
+        let t = crate::memory::empty_aligned(&shape, kind)?;
         let nbytes = t.numel() * kind.elt_size_in_bytes();
         if nbytes != to - from {
             return Err(MfError::checkpoint(
@@ -207,6 +207,7 @@ impl SafeTensors {
             // nothing else references yet.
             let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut u8, nbytes) };
             read_at(shard, buf, from).map_err(|e| MfError::io(&shard.path, e))?;
+            crate::memory::advise_huge_pages(&t);
         }
         Ok(t)
     }

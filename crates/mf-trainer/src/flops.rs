@@ -54,21 +54,51 @@ fn measure(device: Device, kind: Kind) -> f64 {
 /// sums of a 1 GiB f32 tensor (far beyond any cache) at the current thread count. Decode
 /// reads every weight once per step, so this over the bytes a step reads bounds its speed.
 pub fn read_bandwidth(device: Device) -> f64 {
-    let _g = tch::no_grad_guard();
-    let n: i64 = 1 << 28;
-    let t = Tensor::ones([n], (Kind::Float, device));
-    let _ = t.sum(Kind::Float);
-    sync(device);
-    let best = (0..5)
-        .map(|_| {
-            let t0 = std::time::Instant::now();
-            let s = t.sum(Kind::Float);
-            sync(device);
-            let _ = s.double_value(&[]);
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    (n * 4) as f64 / best.max(1e-9)
+    ReadProbe::new(device).rate(5)
+}
+
+/// The buffer of [`read_bandwidth`], kept so that the read rate can be taken again and again
+/// next to the work it bounds (a VM's rate moves within seconds).
+pub struct ReadProbe {
+    t: Tensor,
+    device: Device,
+}
+
+impl ReadProbe {
+    /// Allocates and touches the 1 GiB buffer.
+    pub fn new(device: Device) -> Self {
+        let _g = tch::no_grad_guard();
+        // On the CPU on huge pages, as the weights it stands for (`Params::to`): the limit is
+        // what the machine streams at best, not a page-size handicap.
+        let n = 1i64 << 28;
+        let t = if device == Device::Cpu {
+            let mut t = mf_core::memory::empty_aligned(&[n], Kind::Float)
+                .unwrap_or_else(|_| Tensor::empty([n], (Kind::Float, device)));
+            let _ = t.fill_(1.0);
+            mf_core::memory::advise_huge_pages(&t);
+            t
+        } else {
+            Tensor::ones([n], (Kind::Float, device))
+        };
+        let _ = t.sum(Kind::Float);
+        sync(device);
+        ReadProbe { t, device }
+    }
+
+    /// Bytes/s: the best of `passes` sums of the buffer.
+    pub fn rate(&self, passes: usize) -> f64 {
+        let _g = tch::no_grad_guard();
+        let best = (0..passes.max(1))
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                let s = self.t.sum(Kind::Float);
+                sync(self.device);
+                let _ = s.double_value(&[]);
+                t0.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        (self.t.numel() * 4) as f64 / best.max(1e-9)
+    }
 }
 
 /// Parameters that cost 6 FLOPs per token in a training step (a multiply-add forward, two

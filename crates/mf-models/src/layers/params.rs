@@ -376,12 +376,19 @@ impl Params {
         self.params.first().map_or(Kind::Float, |(_, t)| t.kind())
     }
 
-    /// Moves every parameter in place (every layer's handle sees the new data).
+    /// Moves every parameter in place (every layer's handle sees the new data). On the CPU
+    /// the weights land on huge pages (`mf_core::memory::cpu_copy_on_huge_pages`), which
+    /// decode streams faster; a second move to the same place copies nothing.
     pub fn to(&self, device: Device, dtype: DType) -> Result<()> {
         let (d, k) = (device.to_tch()?, dtype.kind());
         tch::no_grad(|| -> Result<()> {
             for (_, t) in &self.params {
-                let new = t.f_to_device(d)?.f_to_kind(k)?;
+                let placed = t.kind() == k && mf_core::memory::is_huge_page_aligned(t);
+                let new = if d == tch::Device::Cpu && !placed {
+                    mf_core::memory::cpu_copy_on_huge_pages(t, k)?
+                } else {
+                    t.f_to_device(d)?.f_to_kind(k)?
+                };
                 let mut h = t.shallow_clone();
                 h.set_data(&new);
             }
@@ -577,5 +584,33 @@ mod tests {
             e.contains("'model.layer.weight' has shape [2, 3]") && e.contains("expects [3, 2]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn moving_to_the_cpu_puts_big_weights_on_huge_pages_once() {
+        let pb = ParamBuilder::random();
+        let top = Vars::root(&pb);
+        let big = top.var("big", &[2048, 768], Init::Normal(0.02)).unwrap();
+        let small = top.var("small", &[8], Init::Normal(0.02)).unwrap();
+        let p = pb.finish(&|_| false).unwrap();
+        let (before_big, before_small) = (big.copy(), small.copy());
+        p.to(mf_core::Device::Cpu, DType::F32).unwrap();
+        // The model's own handles see the moved data, values unchanged, grads still tracked.
+        assert!((big.data_ptr() as usize).is_multiple_of(mf_core::memory::HUGE_PAGE));
+        assert!(big.equal(&before_big) && small.equal(&before_small));
+        assert!(big.requires_grad());
+        let vs = p.var_store().variables();
+        assert_eq!(vs["big"].data_ptr(), big.data_ptr());
+        // Already in place: a second move copies nothing.
+        let ptr = big.data_ptr();
+        p.to(mf_core::Device::Cpu, DType::F32).unwrap();
+        assert_eq!(big.data_ptr(), ptr);
+        // A dtype change still lands on a huge page boundary.
+        p.to(mf_core::Device::Cpu, DType::BF16).unwrap();
+        assert_eq!(big.kind(), Kind::BFloat16);
+        assert!((big.data_ptr() as usize).is_multiple_of(mf_core::memory::HUGE_PAGE));
+        assert!(big
+            .to_kind(Kind::Float)
+            .allclose(&before_big, 1e-2, 1e-2, false));
     }
 }

@@ -445,6 +445,73 @@ impl LayoutArgs {
     }
 }
 
+/// Decode steps between two read probes in [`StepWindows`].
+const WINDOW_STEPS: usize = 16;
+
+/// Times a generate's decode steps in windows of [`WINDOW_STEPS`], with a read probe before
+/// and after each: the VMs' read rate moves by 1.5x within seconds, so a step is compared
+/// with the rate the machine had next to it, not minutes away. The probes run between
+/// windows, outside their clocks; the prefill (up to the first token) is not in any window.
+struct StepWindows<'a> {
+    probe: &'a mindformers::trainer::flops::ReadProbe,
+    /// Tokens of row 0 seen so far (one per step).
+    steps: usize,
+    /// Steps in the open window.
+    open: usize,
+    start: std::time::Instant,
+    /// The probe's rate at each window boundary.
+    rates: Vec<f64>,
+    /// (first token index, seconds) of each closed window.
+    windows: Vec<(usize, f64)>,
+}
+
+impl<'a> StepWindows<'a> {
+    fn new(probe: &'a mindformers::trainer::flops::ReadProbe) -> Self {
+        StepWindows {
+            probe,
+            steps: 0,
+            open: 0,
+            start: std::time::Instant::now(),
+            rates: Vec::new(),
+            windows: Vec::new(),
+        }
+    }
+
+    /// Each window's bytes read per second over the mean of its two probes; `bytes(s)` is
+    /// what the step producing token `s` (1-based) reads.
+    fn fractions(&self, bytes: impl Fn(usize) -> f64) -> Vec<f64> {
+        self.windows
+            .iter()
+            .zip(self.rates.windows(2))
+            .map(|(&(first, secs), r)| {
+                let read: f64 = (first..first + WINDOW_STEPS).map(&bytes).sum();
+                read / secs.max(1e-12) / ((r[0] + r[1]) / 2.0).max(1.0)
+            })
+            .collect()
+    }
+}
+
+impl Streamer for StepWindows<'_> {
+    fn put(&mut self, row: usize, _token: u32) {
+        if row != 0 {
+            return;
+        }
+        self.steps += 1;
+        if self.steps > 1 {
+            self.open += 1;
+            if self.open < WINDOW_STEPS {
+                return;
+            }
+            let first = self.steps + 1 - WINDOW_STEPS;
+            self.windows
+                .push((first, self.start.elapsed().as_secs_f64()));
+            self.open = 0;
+        }
+        self.rates.push(self.probe.rate(2));
+        self.start = std::time::Instant::now();
+    }
+}
+
 /// Optimizer-state bytes of rank 0, seen by [`StepClock`] at train begin.
 static OPT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -463,6 +530,23 @@ fn reset_peak_rss() {
         libc::malloc_trim(0);
     }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A line of /proc/self/smaps_rollup (`AnonHugePages:`) in MiB; 0 where there is none.
+fn smaps_rollup_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .map_or(0.0, |kb: f64| kb / 1024.0)
 }
 
 /// A memory line of /proc/self/status (`VmHWM:`, `VmRSS:`) in MiB; 0 where there is none.
@@ -840,6 +924,16 @@ fn run(cli: Cli) -> Result<()> {
             let step_bytes = weight_bytes as f64 + kv_per_position as f64 * mean_history;
             let read_after = mindformers::trainer::flops::read_bandwidth(device.to_tch()?);
             let read_bw = (read_before + read_after) / 2.0;
+            // One more generate, untimed, with probes between windows of its decode steps.
+            let window_fractions = {
+                let probe = mindformers::trainer::flops::ReadProbe::new(device.to_tch()?);
+                let mut w = StepWindows::new(&probe);
+                mindformers::generate(model.as_ref(), &prompts, &gen, Some(&mut w))?;
+                // Token `s` comes from the step that attends prompt_len + s - 1 positions.
+                w.fractions(|s| {
+                    weight_bytes as f64 + kv_per_position as f64 * (prompt_len + s - 1) as f64
+                })
+            };
             let limit = batch as f64 * read_bw / step_bytes;
             let kernels = match mindformers::models::kernels::best_simd() {
                 Some(simd) if kernels == "mf" && device == Device::Cpu => simd.name(),
@@ -855,6 +949,9 @@ fn run(cli: Cli) -> Result<()> {
                 "step_bytes": step_bytes,
                 "read_gb_per_s": read_bw / 1e9,
                 "limit_tokens_per_s": limit,
+                "window_steps": WINDOW_STEPS,
+                "huge_page_mib": smaps_rollup_mib("AnonHugePages:"),
+                "window_fractions": window_fractions,
                 "batch": batch,
                 "prompt_len": prompt_len,
                 "new_tokens": new_tokens,
