@@ -37,8 +37,8 @@ pub const HUGE_PAGE: usize = 2 << 20;
 /// last partial page with huge pages. Decode streams every weight once per token: on 4 KiB
 /// pages every page is a TLB miss and a restart of the hardware prefetcher, and the decode
 /// kernels read one 500 MB weight 10-20% slower than on huge pages (docs/BENCHMARKS.md).
-/// The 4 MiB over-allocation around the data is never touched, so it costs address space,
-/// not memory.
+/// The 2 MiB over-allocation around the data is never touched and its resident pages are
+/// given back, so it costs address space, not memory.
 #[cfg(feature = "tch")]
 pub fn empty_aligned(shape: &[i64], kind: tch::Kind) -> crate::Result<tch::Tensor> {
     let numel: i64 = shape.iter().product();
@@ -47,7 +47,7 @@ pub fn empty_aligned(shape: &[i64], kind: tch::Kind) -> crate::Result<tch::Tenso
     if (numel.max(0) as usize) * elt < HUGE_PAGE {
         return Ok(tch::Tensor::f_empty(shape, opts)?);
     }
-    let extra = (2 * HUGE_PAGE / elt) as i64;
+    let extra = (HUGE_PAGE / elt) as i64;
     let buf = tch::Tensor::f_empty([numel + extra], opts)?;
     let p = buf.data_ptr() as usize;
     // libtorch aligns CPU data to 64 bytes, which every element size divides.
@@ -55,7 +55,29 @@ pub fn empty_aligned(shape: &[i64], kind: tch::Kind) -> crate::Result<tch::Tenso
     let t = buf.f_narrow(0, skip as i64, numel)?.f_view(shape)?;
     // Before the first write, so that the pages are faulted in huge where the memory is new.
     madvise(&t, false);
+    let (start, end) = (p + skip * elt, p + (skip + numel as usize) * elt);
+    release(p, start);
+    release(end, p + (numel + extra) as usize * elt);
     Ok(t)
+}
+
+/// Gives back the whole small pages in `from..to`, bytes of an allocation that no tensor
+/// uses: memory the allocator reuses may already be resident there, and it would count in
+/// the RSS for as long as the weight lives.
+#[cfg(feature = "tch")]
+fn release(from: usize, to: usize) {
+    const PAGE: usize = 4096;
+    let (from, to) = (from.next_multiple_of(PAGE), to - to % PAGE);
+    if to <= from {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: the pages lie inside a live allocation of ours that nothing reads or writes
+    // (it reads back as zeros if anything did); the allocator's own bookkeeping sits
+    // outside it.
+    unsafe {
+        libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_DONTNEED);
+    }
 }
 
 /// Asks the kernel to back the whole huge pages inside `t`'s data with huge pages, moving
